@@ -1,0 +1,49 @@
+"""The ``equinet`` command.
+
+``equinet fit|validate|test|predict ...`` is a LightningCLI (``equinet.lightning.cli``);
+``equinet data ...`` creates/inspects datasets; ``equinet equivariance`` prints the
+shift-equivariance comparison of randomly initialised U-Nets for every strategy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+# subcommand -> "module:function"; each function takes the remaining argv.
+SUBCOMMANDS = {
+    "equivariance": "equinet.study:equivariance_main",
+}
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+USAGE = """usage: equinet <command> [options]
+
+commands:
+  fit | validate | test | predict   train/evaluate with the Lightning CLI (see `equinet fit --help`)
+  equivariance                      shift-equivariance table of random U-Nets for every strategy
+"""
+
+
+def _resolve(target: str):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return
+    command, rest = argv[0], argv[1:]
+    if command in SUBCOMMANDS:
+        _resolve(SUBCOMMANDS[command])(rest)
+    elif command in LIGHTNING_SUBCOMMANDS:
+        _resolve("equinet.lightning.cli:lightning_main")(argv)
+    else:
+        sys.stderr.write(f"equinet: unknown command {command!r}\n\n{USAGE}")
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,198 @@
+"""Polyphase primitives shared by APS, LPS and adaptive orthogonal resampling (torch only).
+
+For a stride ``s`` (one entry per spatial dimension) the *polyphase components* of ``x`` are
+``x_k(n) = x(s*n + k)`` for every offset ``k`` in ``[0, s_1) x ... x [0, s_d)``
+(APS-U paper, Sec. 3.2). Everything here is vectorised over the batch: one offset per sample,
+no Python loop over samples, any device.
+"""
+
+from __future__ import annotations
+
+import itertools
+import string
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+
+def _check_divisible(x: torch.Tensor, stride: Sequence[int]) -> None:
+    sizes = tuple(x.shape[2:])
+    if len(sizes) != len(stride):
+        raise ValueError(
+            f"expected a (batch, channels, {len(stride)} spatial dims) tensor for stride {tuple(stride)}, "
+            f"got shape {tuple(x.shape)}"
+        )
+    bad = [n for n, s in zip(sizes, stride) if n % s]
+    if bad:
+        raise ValueError(
+            f"spatial size {sizes} is not divisible by the stride {tuple(stride)}; "
+            f"pad or crop to a multiple of it"
+        )
+
+
+def polyphase_view(x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """View ``(B, C, N_1, ..., N_d)`` as ``(B, C, N_1/s_1, s_1, ..., N_d/s_d, s_d)`` (no copy)."""
+    _check_divisible(x, stride)
+    shape = list(x.shape[:2])
+    for n, s in zip(x.shape[2:], stride):
+        shape += [n // s, s]
+    return x.reshape(shape)
+
+
+def _offset_dims(d: int) -> Tuple[int, ...]:
+    return tuple(3 + 2 * i for i in range(d))
+
+
+def polyphase_norms(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> torch.Tensor:
+    """l_p norm (to the power p) of every polyphase component, jointly over channels and pixels.
+
+    Returns a float64 tensor ``(B, s_1, ..., s_d)``. The per-pixel sum over channels is done in
+    the input dtype (it does not depend on where the pixel sits, so a circular shift merely
+    permutes it); the sum over pixels, whose order a shift changes, is accumulated in float64.
+    So a shift of ``x`` cannot flip which component is largest unless two norms truly tie,
+    and no full-size float64 copy is made (that cast costs more than the rest of APS-D).
+    """
+    if p == float("inf"):
+        per_pixel = x.abs().amax(dim=1, keepdim=True)
+    elif p == 2:
+        per_pixel = (x * x).sum(dim=1, keepdim=True)
+    elif p == 1:
+        per_pixel = x.abs().sum(dim=1, keepdim=True)
+    else:
+        per_pixel = x.abs().pow(p).sum(dim=1, keepdim=True)
+    d = len(stride)
+    reduce_dims = (1,) + tuple(2 + 2 * i for i in range(d))
+    view = polyphase_view(per_pixel, stride)
+    if p == float("inf"):
+        return view.amax(dim=reduce_dims).to(torch.float64)
+    return view.sum(dim=reduce_dims, dtype=torch.float64)
+
+
+def max_norm_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> torch.Tensor:
+    """APS-D choice: per sample, the offset ``(k_1..k_d)`` of the component with largest l_p norm.
+
+    Returns a long tensor ``(B, d)``. Exact ties resolve to the first offset in row-major
+    order (the APS paper's caveat: ties have probability zero for continuous data).
+    """
+    norms = polyphase_norms(x, stride, p)
+    return unravel_phase(norms.flatten(1).argmax(dim=1), stride)
+
+
+def unravel_phase(flat: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """Row-major flat component number ``(B,)`` -> per-dimension offsets ``(B, d)``."""
+    out = []
+    for s in reversed(tuple(stride)):
+        out.append(flat % s)
+        flat = torch.div(flat, s, rounding_mode="floor")
+    return torch.stack(out[::-1], dim=1)
+
+
+def ravel_phase(index: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """Per-dimension offsets ``(B, d)`` -> row-major flat component number ``(B,)``."""
+    flat = torch.zeros_like(index[:, 0])
+    for i, s in enumerate(stride):
+        flat = flat * s + index[:, i]
+    return flat
+
+
+def _advanced_index(xv: torch.Tensor, index: torch.Tensor) -> tuple:
+    d = index.shape[1]
+    idx = [slice(None)] * xv.dim()
+    idx[0] = torch.arange(xv.shape[0], device=index.device)
+    for i, dim in enumerate(_offset_dims(d)):
+        idx[dim] = index[:, i]
+    return tuple(idx)
+
+
+class _SelectPolyphase(torch.autograd.Function):
+    """y = x_k per sample; backward places the gradient back on grid k (no accumulate needed)."""
+
+    @staticmethod
+    def forward(ctx, x, index, stride):
+        ctx.save_for_backward(index)
+        ctx.stride = stride
+        return polyphase_view(x, stride)[_advanced_index(polyphase_view(x, stride), index)]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return _PlacePolyphase.apply(grad, index, ctx.stride), None, None
+
+
+class _PlacePolyphase(torch.autograd.Function):
+    """Zero-insertion onto grid k per sample (APS-U eq. 5); backward selects component k."""
+
+    @staticmethod
+    def forward(ctx, y, index, stride):
+        ctx.save_for_backward(index)
+        ctx.stride = stride
+        B, C = y.shape[:2]
+        full = [n * s for n, s in zip(y.shape[2:], stride)]
+        out = y.new_zeros((B, C, *full))
+        polyphase_view(out, stride)[_advanced_index(polyphase_view(out, stride), index)] = y
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return _SelectPolyphase.apply(grad, index, ctx.stride), None, None
+
+
+def select_polyphase(x: torch.Tensor, index: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """Polyphase component ``index[b]`` of each sample: ``y_b(n) = x_b(s*n + index[b])``."""
+    return _SelectPolyphase.apply(x, index, tuple(stride))
+
+
+def place_polyphase(y: torch.Tensor, index: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """Adaptive polyphase upsampling U^A(y, k) = T_k U_s(y) (APS-U paper eq. 5): zeros elsewhere."""
+    return _PlacePolyphase.apply(y, index, tuple(stride))
+
+
+def _einsum_spec(d: int) -> Tuple[str, str]:
+    letters = iter(string.ascii_lowercase[2:])
+    n = [next(letters) for _ in range(d)]
+    s = [next(letters) for _ in range(d)]
+    x = "ab" + "".join(a + b for a, b in zip(n, s))
+    return x, "a" + "".join(s)
+
+
+def mix_polyphase(x: torch.Tensor, weights: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """Convex combination ``sum_k w_k x_k`` of the components (LPS training, Gumbel-softmax).
+
+    ``weights`` has shape ``(B, s_1, ..., s_d)``; a one-hot ``weights`` gives ``select_polyphase``.
+    """
+    d = len(stride)
+    xs, ws = _einsum_spec(d)
+    out = "ab" + "".join(xs[2 + 2 * i] for i in range(d))
+    return torch.einsum(f"{xs},{ws}->{out}", polyphase_view(x, stride), weights.to(x.dtype))
+
+
+def roll_per_sample(x: torch.Tensor, shifts: torch.Tensor, periods: Sequence[int]) -> torch.Tensor:
+    """Circularly shift each sample by its own offsets: ``out_b = T_{shifts[b]} x_b``.
+
+    ``shifts`` is ``(B, d)`` with ``0 <= shifts[:, i] < periods[i]`` (offsets are phases, so
+    ``periods`` is the stride). Costs ``sum(periods) - d`` rolls; no loop over samples.
+    """
+    d = shifts.shape[1]
+    view = (-1,) + (1,) * (x.dim() - 1)
+    for i in range(d):
+        dim = x.dim() - d + i
+        rolled = x
+        for v in range(1, periods[i]):
+            mask = (shifts[:, i] == v).view(view)
+            rolled = torch.where(mask, x.roll(v, dims=dim), rolled)
+        x = rolled
+    return x
+
+
+def roll_mix(z: torch.Tensor, weights: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """``sum_k w_k T_k z`` over all phases ``k``: the soft partner of :func:`roll_per_sample`."""
+    d = len(stride)
+    view = (-1,) + (1,) * (z.dim() - 1)
+    flat_w = weights.flatten(1).to(z.dtype)
+    out: Optional[torch.Tensor] = None
+    for j, k in enumerate(itertools.product(*(range(s) for s in stride))):
+        term = z.roll(k, dims=tuple(range(z.dim() - d, z.dim()))) if any(k) else z
+        term = term * flat_w[:, j].view(view)
+        out = term if out is None else out + term
+    return out
