@@ -13,6 +13,7 @@ from typing import List, Optional
 
 # subcommand -> "module:function"; each function takes the remaining argv.
 SUBCOMMANDS = {
+    "data": "equinet.data.cli:main",
     "equivariance": "equinet.study:equivariance_main",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -21,6 +22,7 @@ USAGE = """usage: equinet <command> [options]
 
 commands:
   fit | validate | test | predict   train/evaluate with the Lightning CLI (see `equinet fit --help`)
+  data                              create synthetic datasets in the real file formats (`equinet data --help`)
   equivariance                      shift-equivariance table of random U-Nets for every strategy
 """
 
