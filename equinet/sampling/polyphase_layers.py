@@ -122,7 +122,7 @@ class LPSLogits(nn.Module):
 
 
 class LPSDown(Downsample):
-    """LPS-D: dense max -> optional blur -> learned component choice.
+    """LPS-D: dense max -> optional blur -> learned component choice (scored before the blur).
 
     Training: Gumbel-softmax weights (temperature ``tau``) mix the components (differentiable);
     eval: hard argmax of the logits. The weights/choice are the state for LPS-U.
@@ -139,11 +139,15 @@ class LPSDown(Downsample):
         self.logits = LPSLogits(channels, hidden_channels or max(8, channels // 4), dim)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, PolyphaseState]:
-        h = self.blur(self.max(x))
-        logits = self.logits(h, self.stride)
+        m = self.max(x)
+        h = self.blur(m)
+        # Score the un-blurred components: a symmetric binomial blur gives every polyphase
+        # component the same mean (its even and odd taps sum alike), which leaves a
+        # mean-dominated scorer with near-ties that rounding, not the signal, would break.
+        logits = self.logits(m, self.stride)
         index = unravel_phase(logits.argmax(dim=1), self.stride)
         if self.training:
-            weights = F.gumbel_softmax(logits, tau=self.tau, hard=False).view(-1, *self.stride)
+            weights = F.gumbel_softmax(logits, tau=self.tau, hard=False).to(h.dtype).view(-1, *self.stride)
             return mix_polyphase(h, weights, self.stride), PolyphaseState(index, weights)
         return select_polyphase(h, index, self.stride), PolyphaseState(index)
 
