@@ -29,6 +29,7 @@ __all__ = [
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_F = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
 _CONV_T_F = {1: nn.functional.conv_transpose1d, 2: nn.functional.conv_transpose2d, 3: nn.functional.conv_transpose3d}
+_CONV_WEIGHT = {1: nn.grad.conv1d_weight, 2: nn.grad.conv2d_weight, 3: nn.grad.conv3d_weight}
 
 
 class AdditiveCoupling(nn.Module):
@@ -181,6 +182,19 @@ class InvertibleChannelMixing(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y)
         return _CONV_T_F[self.dim](y, self.kernel(y.dtype))
+
+    def backward_by_inversion(self, y, grad_y, params):
+        """``x = Q^T y``, ``grad_x = Q^T grad_y``, ``grad_Q`` = 1x1 conv weight gradient."""
+        with torch.enable_grad():
+            k = self.kernel(y.dtype)
+        kd = k.detach()
+        x = _CONV_T_F[self.dim](y, kd)
+        grad_x = _CONV_T_F[self.dim](grad_y, kd)
+        grads = ()
+        if params:
+            grad_k = _CONV_WEIGHT[self.dim](x, kd.shape, grad_y)
+            grads = torch.autograd.grad(k, list(params), grad_k, allow_unused=True)
+        return x, grad_x, grads
 
 
 class InvertibleChannelMixing1D(InvertibleChannelMixing):

@@ -44,6 +44,12 @@ __all__ = ["iUNet", "LiftediUNet", "ChannelPlan", "closest_channel_plan", "Chann
 
 log = logging.getLogger(__name__)
 
+_SUSPECT_TYPES = (
+    nn.modules.dropout._DropoutNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
 StrideSpec = Union[int, Sequence[int], List[Union[int, Sequence[int]]]]
 
 
@@ -313,10 +319,18 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
         self._program = InvertibleProgram(enc + dec)
 
     def _check_supported(self) -> None:
+        # Cheap on every training forward: only the blocks of suspect types are re-checked
+        # (their .training flag may have changed); the full scan runs once.
+        if getattr(self, "_suspects", None) is None:
+            self._suspects = []
+            for i in range(self.num_levels):
+                for side in ("encoder_modules", "decoder_modules"):
+                    for name, m in getattr(self, side)[i].named_modules(prefix=f"{side}.{i}"):
+                        if isinstance(m, _SUSPECT_TYPES):
+                            self._suspects.append((name, m))
         bad = []
-        for i in range(self.num_levels):
-            bad += unsupported_for_inversion(self.encoder_modules[i], f"encoder_modules.{i}")
-            bad += unsupported_for_inversion(self.decoder_modules[i], f"decoder_modules.{i}")
+        for name, m in self._suspects:
+            bad += unsupported_for_inversion(m, name)
         if bad:
             raise ValueError(
                 "memory-efficient backprop reconstructs activations by inversion and cannot support: "

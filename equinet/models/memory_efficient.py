@@ -159,8 +159,8 @@ class InvertibleProgram:
                 ps = self.step_params(step)
                 offset = offsets.pop() if step.kind != "apply" else None
                 custom = getattr(step.module, "backward_by_inversion", None)
-                if step.kind == "apply" and custom is not None:
-                    x, gx, gps = custom(y, gy, ps)
+                if custom is not None:
+                    x, gx, gps = custom(y, gy, ps) if step.kind == "apply" else custom(y, gy, ps, offset)
                 else:
                     extra = () if step.kind == "apply" else (offset,)
                     with torch.no_grad():

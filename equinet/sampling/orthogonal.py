@@ -304,6 +304,7 @@ def roll_blocks(x: torch.Tensor, offset: torch.Tensor, stride: Sequence[int], si
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_CONV_WEIGHT = {1: nn.grad.conv1d_weight, 2: nn.grad.conv2d_weight, 3: nn.grad.conv3d_weight}
 
 
 class _OrthogonalResampling(nn.Module):
@@ -380,6 +381,45 @@ class _OrthogonalResampling(nn.Module):
             x = roll_blocks(x, offset, self.stride, +1)
         return x
 
+    # -- backward by inversion (memory-efficient backprop, equinet.models.memory_efficient) ---
+    # The layer is linear and orthogonal: its input is reconstructed by the inverse map, the
+    # input gradient is the adjoint (= inverse) applied to the output gradient, and the kernel
+    # gradient is the usual convolution weight gradient, pulled back through the matrix
+    # parametrisation by autograd. One extra convolution compared with plain backprop.
+
+    def _weight_grad(self, inp: torch.Tensor, grad_out: torch.Tensor, shape) -> torch.Tensor:
+        return _CONV_WEIGHT[self.dim](inp, shape, grad_out, stride=self.stride, groups=self.low_channels)
+
+    def _kernel_for_backward(self, dtype, params):
+        with torch.enable_grad():
+            k = self.kernel(dtype) if params else self.kernel(dtype).detach()
+        return k, k.detach()
+
+    def _pull_back(self, k, grad_k, params):
+        if not params:
+            return ()
+        return torch.autograd.grad(k, list(params), grad_k, allow_unused=True)
+
+    def _downsample_backward(self, y, grad_y, params, offset=None):
+        """For ``y = down(x, offset)``: ``(x, grad_x, grad_params)`` without storing ``x``."""
+        k, kd = self._kernel_for_backward(y.dtype, params)
+        z = _CONV_T[self.dim](y, kd, stride=self.stride, groups=self.low_channels)
+        grad_z = _CONV_T[self.dim](grad_y, kd, stride=self.stride, groups=self.low_channels)
+        grads = self._pull_back(k, self._weight_grad(z, grad_y, kd.shape), params)
+        if offset is not None:
+            z, grad_z = roll_blocks(z, offset, self.stride, +1), roll_blocks(grad_z, offset, self.stride, +1)
+        return z, grad_z, grads
+
+    def _upsample_backward(self, y, grad_y, params, offset=None):
+        """For ``y = up(w, offset)``: ``(w, grad_w, grad_params)`` without storing ``w``."""
+        if offset is not None:
+            y, grad_y = roll_blocks(y, offset, self.stride, -1), roll_blocks(grad_y, offset, self.stride, -1)
+        k, kd = self._kernel_for_backward(y.dtype, params)
+        w = _CONV[self.dim](y, kd, stride=self.stride, groups=self.low_channels)
+        grad_w = _CONV[self.dim](grad_y, kd, stride=self.stride, groups=self.low_channels)
+        grads = self._pull_back(k, self._weight_grad(grad_y, w, kd.shape), params)
+        return w, grad_w, grads
+
     def _partner(self, cls):
         """A module of the opposite direction sharing this module's parameters."""
         other = cls.__new__(cls)
@@ -429,6 +469,9 @@ class InvertibleDownsampling(_OrthogonalResampling):
             return self._partner(_UPSAMPLING[self.dim])
         return self._upsample(y, offset)
 
+    def backward_by_inversion(self, y, grad_y, params, offset=None):
+        return self._downsample_backward(y, grad_y, params, offset)
+
 
 class InvertibleUpsampling(_OrthogonalResampling):
     """Learnable orthogonal upsampling: ``(B, C, N) -> (B, C / sigma, N * stride)``.
@@ -466,6 +509,9 @@ class InvertibleUpsampling(_OrthogonalResampling):
         if x is None:
             return self._partner(_DOWNSAMPLING[self.dim])
         return self._downsample(x, offset)
+
+    def backward_by_inversion(self, y, grad_y, params, offset=None):
+        return self._upsample_backward(y, grad_y, params, offset)
 
 
 class InvertibleDownsampling1D(InvertibleDownsampling):
