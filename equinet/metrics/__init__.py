@@ -1,0 +1,21 @@
+"""Metrics as plain functions: reconstruction (fastMRI conventions) and shift equivariance."""
+
+from equinet.metrics.equivariance import (
+    circular_shift,
+    equivariance_errors,
+    measure_equivariance,
+    random_shifts,
+    worst_case_dpsnr,
+)
+from equinet.metrics.reconstruction import nmse, psnr, ssim
+
+__all__ = [
+    "nmse",
+    "psnr",
+    "ssim",
+    "circular_shift",
+    "random_shifts",
+    "equivariance_errors",
+    "measure_equivariance",
+    "worst_case_dpsnr",
+]
