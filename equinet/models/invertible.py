@@ -130,16 +130,24 @@ def create_standard_module(
     architecture: Optional[Sequence[int]] = None,
 ) -> AdditiveCoupling:
     """Default ``create_module_fn`` of :class:`~equinet.models.iunet.iUNet`: an additive coupling
-    with a :class:`StandardBlock`. For odd channel counts the roles of the halves alternate with
-    ``module_index`` so consecutive blocks fit together. ``LR``/``level``/``architecture`` are the
-    block's coordinates in the iUNet (unused here; custom functions may use them)."""
+    with a :class:`StandardBlock`. ``LR``/``level``/``module_index``/``architecture`` are the
+    block's coordinates in the iUNet. With ``F = 0`` a coupling swaps its two halves; the split
+    alternates along the encoder and the decoder mirrors it (its block ``j`` undoes encoder block
+    ``n - 1 - j``), so a zero-initialised iUNet is exactly the identity, odd channel counts included."""
     if in_channels < 2:
         raise ValueError(
             f"an additive coupling needs at least 2 channels, got {in_channels} "
             f"(iUNet level {level}); lift the input to more channels first (equinet.models.LiftediUNet)"
         )
     small, large = in_channels // 2, in_channels - in_channels // 2
-    split = large if module_index % 2 == 0 else small
+
+    def encoder_split(j: int) -> int:
+        return large if j % 2 == 0 else small
+
+    if LR == "R" and architecture is not None:
+        split = in_channels - encoder_split(architecture[level] - 1 - module_index)
+    else:
+        split = encoder_split(module_index)
     block = StandardBlock(dim, in_channels - split, split, block_depth, zero_init, padding_mode, kernel_size)
     return AdditiveCoupling(block, split)
 

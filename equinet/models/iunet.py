@@ -40,7 +40,14 @@ from equinet.models.invertible import (
 from equinet.models.memory_efficient import InvertibleProgram, MemoryEfficientBackprop, Step
 from equinet.sampling.orthogonal import InitSpec, invertible_downsampling, invertible_upsampling
 
-__all__ = ["iUNet", "LiftediUNet", "ChannelPlan", "closest_channel_plan", "ChannelPlanWarning"]
+__all__ = [
+    "iUNet",
+    "LiftediUNet",
+    "ChannelPlan",
+    "ChannelPlanWarning",
+    "closest_channel_plan",
+    "doubling_channel_plan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +117,26 @@ def closest_channel_plan(desired: Sequence[int], channel_multipliers: Sequence[i
     return ChannelPlan(desired, tuple(channels), tuple(skipped), tuple(down), errors)
 
 
+def doubling_channel_plan(in_channels: int, channel_multipliers: Sequence[int]) -> ChannelPlan:
+    """The plan for ``channels=<int>`` (the library's ``in_channels`` with ``slice_mode="double"``):
+    keep ``skip_i = max(1, floor(C_i (sigma_i - 2) / sigma_i))`` channels as skip, so each level
+    has (as close as possible) twice the channels of the previous one. ``desired`` is set to the
+    realised channels (there is nothing to warn about)."""
+    channels, skipped, down = [int(in_channels)], [], []
+    for i, sigma in enumerate(channel_multipliers):
+        c = channels[-1]
+        if c < 2:
+            raise ValueError(
+                f"iUNet level {i} has {c} channel(s) but must split them into a skip part and a "
+                f"downsampled part (>= 2 channels); use more channels (a 1x1 lift, as in LiftediUNet)"
+            )
+        skip = min(max(1, (c * (sigma - 2)) // sigma), c - 1)
+        skipped.append(skip)
+        down.append(c - skip)
+        channels.append(sigma * (c - skip))
+    return ChannelPlan(tuple(channels), tuple(channels), tuple(skipped), tuple(down), (0.0,) * len(skipped))
+
+
 def _format_strides(stride: StrideSpec, dim: int, n: int) -> List[Tuple[int, ...]]:
     """``2`` | ``(2, 1, 3)`` | ``[(2, 1, 3), 2, (4, 3, 1)]`` -> one ``dim``-tuple per downsampling."""
 
@@ -143,7 +170,8 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
     Args:
         channels: desired channels per level (``len(architecture)`` entries; the closest
             achievable plan is used and a :class:`ChannelPlanWarning` says so), or an int:
-            input channels, doubling per level. ``self.channels`` holds the realised plan.
+            the input channels, (about) doubling per level (the library's ``in_channels`` with
+            ``slice_mode="double"``). ``self.channels`` holds the realised plan.
         architecture: invertible blocks per level (on each side), e.g. ``(2, 2, 2, 2)``.
         dim: 1, 2 or 3 spatial dimensions.
         create_module_fn: ``fn(channels, dim=, LR=, level=, module_index=, architecture=,
@@ -206,14 +234,15 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
             int(np.prod([s[a] for s in self.resampling_stride])) for a in range(dim)
         )
         if isinstance(channels, (int, np.integer)):
-            desired = tuple(int(channels) * 2**i for i in range(m))
+            self.plan = doubling_channel_plan(int(channels), self.channel_multipliers)
+            desired = self.plan.desired
         else:
             desired = tuple(int(c) for c in channels)
             if len(desired) != m:
                 raise ValueError(
                     f"channels needs one entry per level ({m} = len(architecture)), got {len(desired)}: {desired}"
                 )
-        self.plan = closest_channel_plan(desired, self.channel_multipliers)
+            self.plan = closest_channel_plan(desired, self.channel_multipliers)
         self.channels = self.plan.channels
         self.skipped_channels = list(self.plan.skipped)
         self.channels_before_downsampling = list(self.plan.downsampled)
