@@ -495,3 +495,22 @@ def test_factory_helpers_reject_bad_dim():
         invertible_downsampling(4, 2)
     with pytest.raises(ValueError, match="dim"):
         invertible_upsampling(0, 8)
+
+
+def test_matrix_exp_is_accurate_to_float64_precision_at_every_scale():
+    """Including 1-norms 3e-4..5e-2, where torch 2.14's matrix_exp is off by up to ~1e-10."""
+    from scipy.linalg import expm
+
+    from equinet.sampling.orthogonal import matrix_exp
+
+    for a in np.logspace(-5, 1.5, 40):
+        s = torch.tensor([[0.0, a], [-a, 0.0]], dtype=torch.float64)
+        rotation = torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]], dtype=torch.float64)
+        assert (matrix_exp(s) - rotation).abs().max() <= 1e-14, a
+    g = torch.Generator().manual_seed(0)
+    for n, scale in ((4, 3e-3), (6, 1e-2), (8, 1.0), (8, 10.0), (16, 0.05)):
+        w = torch.randn(3, n, n, dtype=torch.float64, generator=g) * scale
+        s = w - w.transpose(-1, -2)
+        np.testing.assert_allclose(matrix_exp(s).numpy(), expm(s.numpy()), rtol=0, atol=2e-13)
+    zero = torch.zeros(2, 5, 5, dtype=torch.float64)
+    assert torch.equal(matrix_exp(zero), torch.eye(5, dtype=torch.float64).expand(2, 5, 5))

@@ -9,7 +9,7 @@ transposed convolution with the same kernel (= the matching upsampling, Definiti
 
 Parametrisation. ``A(theta) = Q(theta) @ B`` with ``Q(theta_0) = I``:
 
-* ``exp``: ``Q = matrix_exp(theta - theta^T)`` (Cor. 5; ``torch.linalg.matrix_exp``),
+* ``exp``: ``Q = exp(theta - theta^T)`` (Cor. 5; scaling and squaring, see :func:`matrix_exp`),
 * ``cayley``: ``Q = (I - S)^{-1} (I + S)``, ``S = theta - theta^T`` (``torch.linalg.solve``),
 * ``householder``: ``Q = H(v_1) ... H(v_n)``, ``H(v) = I - 2 v v^T / v^T v``
   (``n_reflections``, default ``sigma``); ``theta_0`` = random vectors and
@@ -18,8 +18,8 @@ Parametrisation. ``A(theta) = Q(theta) @ B`` with ``Q(theta_0) = I``:
 For ``exp``/``cayley`` ``theta_0 = 0`` and ``B = A_0`` (the init), so the initial matrix is
 reproduced bit for bit and every orthogonal matrix in ``A_0``'s connected component
 (``det = det A_0``) is reachable -- including ``det = -1`` inits such as a pixel shuffle with an
-odd permutation. Gradients come from autograd through the torch built-ins (``matrix_exp``,
-``linalg.solve``); there is no hand-written backward to get wrong.
+odd permutation. Gradients come from autograd through ``torch.linalg.solve`` and plain matrix
+products; there is no hand-written backward of the parametrisation to get wrong.
 
 Inits: ``"haar"`` -- the separable orthonormal DCT-II per axis (Kronecker product over axes);
 for stride 2 this *is* the Haar transform ``[[1, 1], [1, -1]] / sqrt(2)``, for stride 1 the
@@ -55,6 +55,7 @@ __all__ = [
     "OrthogonalMatrices",
     "orthogonal_init_matrix",
     "dct_matrix",
+    "matrix_exp",
     "roll_blocks",
     "InvertibleDownsampling",
     "InvertibleUpsampling",
@@ -165,6 +166,52 @@ def orthogonal_init_matrix(
     return base.expand(count, size, size).clone()
 
 
+# Taylor coefficients 1/k! for the degree-18 approximant used by matrix_exp (below).
+_EXP_DEGREE = 18
+_EXP_COEFFS = [1.0 / math.factorial(k) for k in range(_EXP_DEGREE + 1)]
+
+
+def matrix_exp(a: torch.Tensor) -> torch.Tensor:
+    """Matrix exponential by scaling and squaring of a degree-18 Taylor polynomial (batched).
+
+    ``a`` is scaled by ``2^-s`` so that its 1-norm is <= 1 (truncation error <= 1/19! ~ 8e-18),
+    the polynomial is evaluated with Paterson-Stockmeyer (7 matrix products) and squared ``s``
+    times. Plain tensor algebra, so autograd gives the exact derivative of the approximant.
+
+    Why not ``torch.linalg.matrix_exp``: in torch 2.14 its degree-8 branch (1-norms of about
+    3e-4 .. 5e-2, i.e. just after initialisation at zero) has a wrong coefficient and is
+    accurate to only ~1e-10 in float64 (pytorch/pytorch#196592), which would cap the
+    invertibility of ``method="exp"`` layers far above float64 precision.
+    """
+    n = a.shape[-1]
+    norm = torch.linalg.matrix_norm(a.detach(), ord=1).max().item() if a.numel() else 0.0
+    squarings = max(0, math.ceil(math.log2(norm))) if norm > 1.0 else 0
+    x = a / (2.0**squarings) if squarings else a
+    eye = torch.eye(n, dtype=a.dtype, device=a.device).expand_as(a)
+    powers = [eye, x, x @ x]
+    powers.append(powers[2] @ x)
+    x4 = powers[2] @ powers[2]
+    c = _EXP_COEFFS
+    # T(x) = sum_j x4^j B_j with B_j = sum_{i<4} c[4j+i] x^i (blocks for degrees 0..18)
+    def block(j: int) -> torch.Tensor:
+        out = None
+        for i in range(4):
+            k = 4 * j + i
+            if k > _EXP_DEGREE:
+                break
+            term = c[k] * powers[i]
+            out = term if out is None else out + term
+        return out
+
+    n_blocks = _EXP_DEGREE // 4 + 1
+    result = block(n_blocks - 1)
+    for j in range(n_blocks - 2, -1, -1):
+        result = block(j) + x4 @ result
+    for _ in range(squarings):
+        result = result @ result
+    return result
+
+
 def _householder_product(v: torch.Tensor) -> torch.Tensor:
     """``H(v_1) ... H(v_n)`` for ``v`` of shape ``(count, n, size)`` (plain autograd)."""
     count, n, size = v.shape
@@ -254,7 +301,7 @@ class OrthogonalMatrices(nn.Module):
             return _householder_product(w)
         s = w - w.transpose(-1, -2)
         if self.method == "exp":
-            return torch.linalg.matrix_exp(s)
+            return matrix_exp(s)
         eye = torch.eye(self.size, dtype=w.dtype, device=w.device)
         return torch.linalg.solve(eye - s, eye + s)
 
