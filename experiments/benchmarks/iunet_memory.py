@@ -55,8 +55,9 @@ def build(depth: int, plain: bool, args) -> iUNet:
     ).to(args.device)
 
 
-def training_step(model: iUNet, x: torch.Tensor, target: torch.Tensor, lr: float = 1e-3) -> None:
-    model.zero_grad(set_to_none=True)
+def training_step(model: iUNet, x: torch.Tensor, target: torch.Tensor, lr: float = 1e-3, zero_grad: bool = True) -> None:
+    if zero_grad:
+        model.zero_grad(set_to_none=True)
     loss = (model(x) - target).square().mean()
     loss.backward()
     with torch.no_grad():
@@ -122,9 +123,12 @@ def measure(args) -> Dict[Tuple[int, str], Dict[str, float]]:
     for depth in args.depths:
         models = {mode: build(depth, mode == "plain", args) for mode in ("memory-efficient", "plain")}
         for mode, model in models.items():
-            training_step(model, x, target)  # warm-up (allocates .grad once, lazy init)
+            training_step(model, x, target)  # warm-up (lazy initialisation)
+            # free the old gradients before measuring: the CPU profiler cannot see frees of
+            # blocks allocated before it started, which would count them twice
+            model.zero_grad(set_to_none=True)
             results[(depth, mode)] = {
-                "peak": peak_bytes(lambda: training_step(model, x, target), device),
+                "peak": peak_bytes(lambda: training_step(model, x, target, zero_grad=False), device),
                 "saved": saved_bytes(forward_only(model, x)),
                 "times": [],
                 "cpu_times": [],
