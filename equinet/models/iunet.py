@@ -465,9 +465,11 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
         for i, n in enumerate(self.architecture):
             c = str(self.channels[i])
             left = "-".join([c] * n)
-            split = f"({self.skipped_channels[i]}/{self.channels_before_downsampling[i]})" if i < self.num_levels - 1 else ""
+            split = ""
+            if i < self.num_levels - 1:
+                split = f"({self.skipped_channels[i]}/{self.channels_before_downsampling[i]})"
             rows.append((left, split))
-        width = max(len(l) + len(s) for l, s in rows) * 2 + 4 * self.num_levels + 2
+        width = max(len(left) + len(split) for left, split in rows) * 2 + 4 * self.num_levels + 2
         out = []
         for i, (left, split) in enumerate(rows):
             lhs = "-" * (2 * i) + "-".join(t for t in (left, split) if t)

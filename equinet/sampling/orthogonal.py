@@ -310,8 +310,9 @@ class OrthogonalMatrices(nn.Module):
         if self.weight is None:
             a = self.base
         else:
-            q = self.rotation()
-            a = (q @ self.base.to(q.dtype)).to(self.weight.dtype)
+            q = self.rotation()  # float64 where available; cast once, at the end
+            a = q @ self.base.to(q.dtype)
+            dtype = dtype or self.weight.dtype
         return a if dtype is None or a.dtype == dtype else a.to(dtype)
 
     def forward(self) -> torch.Tensor:

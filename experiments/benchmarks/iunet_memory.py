@@ -19,8 +19,9 @@ How memory is measured (device-agnostic, and real on CPU):
 Time: the two modes alternate step by step in one run (after a warm-up); the ratio of their
 median step times is reported. On CPU the default is one torch thread and the step's CPU
 time (``time.thread_time``), which other processes on a shared machine barely disturb; the
-wall-clock ratio is printed too. All figures are ratios from one run. Targets (iUNet issue): memory-efficient peak grows <= 1.15x from
-d=2 to d=8 while plain grows roughly linearly; time overhead <= 1.5x.
+wall-clock ratio is printed too. All figures are ratios from one run. Targets (iUNet
+issue): memory-efficient peak grows <= 1.15x from d=2 to d=8 while plain grows roughly
+linearly; time overhead <= 1.5x.
 
     python experiments/benchmarks/iunet_memory.py            # ~1-2 minutes on 2 CPU cores
     python experiments/benchmarks/iunet_memory.py --size 256 --batch 2 --repeats 9 --threads 2
@@ -55,7 +56,9 @@ def build(depth: int, plain: bool, args) -> iUNet:
     ).to(args.device)
 
 
-def training_step(model: iUNet, x: torch.Tensor, target: torch.Tensor, lr: float = 1e-3, zero_grad: bool = True) -> None:
+def training_step(
+    model: iUNet, x: torch.Tensor, target: torch.Tensor, lr: float = 1e-3, zero_grad: bool = True
+) -> None:
     if zero_grad:
         model.zero_grad(set_to_none=True)
     loss = (model(x) - target).square().mean()
