@@ -27,7 +27,6 @@ from equinet.sampling.orthogonal import (
     dct_matrix,
     invertible_downsampling,
     invertible_upsampling,
-    roll_blocks,
 )
 from equinet.sampling.polyphase import max_norm_phase
 
@@ -482,17 +481,6 @@ def test_adaptive_strategy_makes_a_small_unet_shift_equivariant_and_plain_does_n
         worst[adaptive] = max(errs)
     assert worst[True] <= 1e-12, worst
     assert worst[False] > 1e-4, worst
-
-
-def test_roll_blocks_round_trip():
-    x = torch.randn(3, 2, 6, 9)
-    k = torch.tensor([[0, 2], [1, 0], [1, 1]])
-    y = roll_blocks(x, k, (2, 3), -1)
-    assert torch.equal(roll_blocks(y, k, (2, 3), +1), x)
-    for b in range(3):
-        assert torch.equal(y[b], torch.roll(x[b], (-int(k[b, 0]), -int(k[b, 1])), (1, 2)))
-    with pytest.raises(ValueError, match="offset must have shape"):
-        roll_blocks(x, k[:2], (2, 3), 1)
 
 
 def test_factory_helpers_reject_bad_dim():

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from equinet.sampling.base import Downsample, Upsample, as_tuple, register_strategy
-from equinet.sampling.polyphase import max_norm_phase
+from equinet.sampling.polyphase import max_norm_phase, roll_per_sample
 
 __all__ = [
     "METHODS",
@@ -56,7 +56,6 @@ __all__ = [
     "orthogonal_init_matrix",
     "dct_matrix",
     "matrix_exp",
-    "roll_blocks",
     "InvertibleDownsampling",
     "InvertibleUpsampling",
     "InvertibleDownsampling1D",
@@ -328,24 +327,6 @@ class OrthogonalMatrices(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def roll_blocks(x: torch.Tensor, offset: torch.Tensor, stride: Sequence[int], sign: int) -> torch.Tensor:
-    """Circularly shift sample ``b`` by ``sign * offset[b]`` (``offset``: ``(B, d)`` in
-    ``[0, stride)``); ``sign=-1`` moves the block grid starting at ``offset`` to the origin,
-    ``sign=+1`` undoes it. Vectorised: ``sum(stride) - d`` rolls, no loop over samples."""
-    d = len(stride)
-    if offset.shape != (x.shape[0], d):
-        raise ValueError(f"offset must have shape ({x.shape[0]}, {d}), got {tuple(offset.shape)}")
-    view = (-1,) + (1,) * (x.dim() - 1)
-    for i, s in enumerate(stride):
-        dim = x.dim() - d + i
-        rolled = x
-        for v in range(1, s):
-            mask = (offset[:, i] == v).view(view)
-            rolled = torch.where(mask, x.roll(sign * v, dims=dim), rolled)
-        x = rolled
-    return x
-
-
 # --------------------------------------------------------------------------------------------
 # The layers users know: InvertibleDownsampling{1,2,3}D / InvertibleUpsampling{1,2,3}D
 # --------------------------------------------------------------------------------------------
@@ -419,14 +400,14 @@ class _OrthogonalResampling(nn.Module):
     def _downsample(self, x: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check(x, self.low_channels, "input", True)
         if offset is not None:
-            x = roll_blocks(x, offset, self.stride, -1)
+            x = roll_per_sample(x, offset, self.stride, sign=-1)
         return _CONV[self.dim](x, self.kernel(x.dtype), stride=self.stride, groups=self.low_channels)
 
     def _upsample(self, y: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check(y, self.high_channels, "input", False)
         x = _CONV_T[self.dim](y, self.kernel(y.dtype), stride=self.stride, groups=self.low_channels)
         if offset is not None:
-            x = roll_blocks(x, offset, self.stride, +1)
+            x = roll_per_sample(x, offset, self.stride, sign=+1)
         return x
 
     # -- backward by inversion (memory-efficient backprop, equinet.models.memory_efficient) ---
@@ -455,13 +436,13 @@ class _OrthogonalResampling(nn.Module):
         grad_z = _CONV_T[self.dim](grad_y, kd, stride=self.stride, groups=self.low_channels)
         grads = self._pull_back(k, self._weight_grad(z, grad_y, kd.shape), params)
         if offset is not None:
-            z, grad_z = roll_blocks(z, offset, self.stride, +1), roll_blocks(grad_z, offset, self.stride, +1)
+            z, grad_z = roll_per_sample(z, offset, self.stride, sign=+1), roll_per_sample(grad_z, offset, self.stride, sign=+1)
         return z, grad_z, grads
 
     def _upsample_backward(self, y, grad_y, params, offset=None):
         """For ``y = up(w, offset)``: ``(w, grad_w, grad_params)`` without storing ``w``."""
         if offset is not None:
-            y, grad_y = roll_blocks(y, offset, self.stride, -1), roll_blocks(grad_y, offset, self.stride, -1)
+            y, grad_y = roll_per_sample(y, offset, self.stride, sign=-1), roll_per_sample(grad_y, offset, self.stride, sign=-1)
         k, kd = self._kernel_for_backward(y.dtype, params)
         w = _CONV[self.dim](y, kd, stride=self.stride, groups=self.low_channels)
         grad_w = _CONV[self.dim](grad_y, kd, stride=self.stride, groups=self.low_channels)
