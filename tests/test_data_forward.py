@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from _data_helpers import psnr
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from equinet.data import ct, mri, synthetic
@@ -56,6 +56,7 @@ def _blob_sinogram(blobs, g: ct.ParallelBeamGeometry) -> np.ndarray:
     return sino
 
 
+@settings(max_examples=10)
 @given(seed=st.integers(0, 2**16), size=st.sampled_from([32, 41, 64]))
 def test_ray_transform_matches_analytic_line_integrals(seed, size):
     """Numeric projector (x = axis 0, s = x cos + y sin, metres) vs the closed form of Gaussians."""
@@ -152,6 +153,7 @@ def test_fbp_auto_picks_the_fastest_available_backend():
             ct.resolve_fbp_backend("astra")
 
 
+@settings(max_examples=10)
 @given(batch=st.integers(1, 3), size=st.sampled_from([8, 13, 20]), seed=st.integers(0, 1000))
 def test_fbp_torch_is_linear_and_batch_consistent(batch, size, seed):
     g = ct.ParallelBeamGeometry.for_image_size(size, num_angles=11)

@@ -183,7 +183,7 @@ def test_fastmri_module_with_workers(knee, tmp_path):
 
 def test_padding_rule_for_real_lodopab_counts():
     assert [valid_rows(35820, 128, k) for k in (0, 278, 279, 280)] == [128, 128, 35820 - 279 * 128, 0]
-    for part, total in LODOPAB_NUM_SAMPLES.items():
+    for total in LODOPAB_NUM_SAMPLES.values():
         files = math.ceil(total / 128)
         assert sum(valid_rows(total, 128, k) for k in range(files + 2)) == total
         assert 0 < valid_rows(total, 128, files - 1) < 128  # every part's last file is padded

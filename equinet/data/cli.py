@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from equinet.data.common import DataFormatError, atomic_directory
 
 DEFAULT_SIZE = {"knee": 320, "lodopab": 362, "imagenet": 375}
 DEFAULT_NUM = {"knee": 8, "lodopab": 60, "imagenet": 64}
@@ -64,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def synth(args: argparse.Namespace) -> Path:
     from equinet.data import synthetic
+    from equinet.data.common import DataFormatError, atomic_directory
 
     kind = args.kind
     size = args.size if args.size is not None else DEFAULT_SIZE[kind]
@@ -122,6 +122,8 @@ def check(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from equinet.data.common import DataFormatError
+
     try:
         {"synth": synth, "fbp-cache": fbp_cache, "check": check}[args.command](args)
     except DataFormatError as err:

@@ -1,4 +1,7 @@
-"""Shared pieces of the DataModules: data directory, atomic writes, errors, normalisation, loaders."""
+"""Shared pieces of the data package: data directory, atomic writes, errors, normalisation.
+
+Kept free of Lightning and fastmri imports so ``equinet data synth`` starts quickly.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
-import pytorch_lightning as pl
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from equinet.data.types import ReconSample
 
@@ -87,6 +89,15 @@ def check_finite(array, what: str) -> None:
         raise DataFormatError(f"{what} contains {bad} NaN/inf values; the file is corrupt or was written incompletely")
 
 
+def check_finite_rows(array: np.ndarray, what: str, first_row: int = 0) -> None:
+    """Like :func:`check_finite` for a stack of rows; the error lists the offending row numbers."""
+    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    if not finite.all():
+        rows = (np.flatnonzero(~finite) + first_row).tolist()
+        count = int((~np.isfinite(array)).sum())
+        raise DataFormatError(f"{what} row(s) {rows} contain {count} NaN/inf values; the file is corrupt or was written incompletely")
+
+
 def describe_paths(paths: Sequence[PathLike], limit: int = 5) -> str:
     names = [str(p) for p in paths]
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
@@ -148,50 +159,6 @@ def center_crop_2d(image: torch.Tensor, size: int, what: str) -> torch.Tensor:
         raise DataFormatError(f"{what}: image of size {h}x{w} is smaller than crop_size={size}; use a smaller crop_size")
     top, left = (h - size) // 2, (w - size) // 2
     return image[..., top : top + size, left : left + size]
-
-
-class ReconDataModule(pl.LightningDataModule):
-    """Loader plumbing shared by the DataModules: train shuffles, val/test/predict never shuffle
-    and keep the last partial batch (every sample evaluated; DDP padding duplicates are
-    identified downstream by ``(fname, slice_num)``)."""
-
-    def __init__(self, batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.train_set: Optional[Dataset] = None
-        self.val_set: Optional[Dataset] = None
-        self.test_set: Optional[Dataset] = None
-
-    def _loader(self, dataset: Optional[Dataset], split: str, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: no {split} set; call setup() first (Lightning does this for you)")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=False,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, "validation", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
 
 
 def ensure_dataset(path: Path, build: Callable[[Path], None], what: str) -> Path:

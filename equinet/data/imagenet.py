@@ -22,9 +22,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from equinet.data import ct
+from equinet.data.base import ReconDataModule
 from equinet.data.common import (
     DataFormatError,
-    ReconDataModule,
     center_crop_2d,
     data_dir,
     describe_paths,

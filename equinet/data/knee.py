@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 from fastmri.data import SliceDataset
 
-from equinet.data.common import DataFormatError, ReconDataModule, data_dir, describe_paths, ensure_dataset, log, stable_hash
+from equinet.data.base import ReconDataModule
+from equinet.data.common import DataFormatError, data_dir, describe_paths, ensure_dataset, log, stable_hash
 from equinet.data.mri import MriSliceTransform, make_mask_func
 from equinet.data.synthetic import KNEE_ACQUISITIONS, write_knee_dataset
 

@@ -30,11 +30,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from equinet.data import ct
+from equinet.data.base import ReconDataModule
 from equinet.data.common import (
     DataFormatError,
-    ReconDataModule,
     center_crop_2d,
     check_finite,
+    check_finite_rows,
     data_dir,
     describe_paths,
     ensure_dataset,
@@ -365,7 +366,7 @@ class LoDoPaBDataModule(ReconDataModule):
 
                     def compute(i: int, j: int) -> np.ndarray:
                         sino = np.asarray(observations[i:j], dtype=np.float32)
-                        check_finite(sino, f"{info.observation} rows {i}..{j - 1}")
+                        check_finite_rows(sino, str(info.observation), first_row=i)
                         sino_t = torch.from_numpy(sino)
                         if backend == "torch":
                             sino_t = sino_t.to(device)
