@@ -355,10 +355,16 @@ class _TinyModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_datamodules_run_under_a_lightning_trainer(knee, lodopab, tmp_path):
+def test_datamodules_run_under_a_lightning_trainer(knee, lodopab, imagenet, tmp_path):
+    def trainer():
+        return pl.Trainer(
+            fast_dev_run=True, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+        )
+
     for dm in (knee_module(knee, tmp_path, batch_size=2), lodopab_module(lodopab, tmp_path, batch_size=2)):
-        trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-        trainer.fit(_TinyModule(), datamodule=dm)
+        trainer().fit(_TinyModule(), datamodule=dm)
+    ood = ImageNetShiftDataModule(root=str(imagenet), num_images=4, crop_size=32, data_dir=str(tmp_path), batch_size=2)
+    assert trainer().validate(_TinyModule(), datamodule=ood)[0]["val_loss"] > 0
 
 
 def test_constructors_are_driven_by_jsonargparse(tmp_path):

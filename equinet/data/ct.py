@@ -122,13 +122,15 @@ def _as_batch(x: ArrayLike) -> tuple[torch.Tensor, bool]:
 def ray_transform(
     images: ArrayLike,
     geometry: ParallelBeamGeometry,
-    oversample: int = 2,
+    oversample: int = 1,
     angle_chunk: int = 64,
 ) -> torch.Tensor:
     """Line integrals (metres x image value) of ``(B, n, n)`` images: ``(B, angles, detectors)``.
 
     Ray-driven: each ray is sampled every ``pixel_size / oversample`` with bilinear interpolation
-    (``grid_sample``), vectorised over angles and batch. Used to simulate data from images that
+    (``grid_sample``), vectorised over angles and batch. Its error is set by the bilinear model
+    of the image, not the step: ``oversample=2`` is no closer to the exact transform than 1
+    (about 1.4% relative on smooth phantoms, ``test_ray_transform_matches_analytic_line_integrals``). Used to simulate data from images that
     have no analytic transform (natural images); phantoms made of ellipses use
     :func:`ellipse_sinogram` instead, which is exact.
     """

@@ -275,7 +275,7 @@ class LoDoPaBDataModule(ReconDataModule):
         progress: bool = True,
         pin_memory: bool = False,
         data_dir: Optional[str] = None,
-        synthetic_num: int = 60,
+        synthetic_num: int = 32,
         synthetic_size: int = ct.LODOPAB_IMAGE_SIZE,
         synthetic_samples_per_file: int = 32,
     ) -> None:
