@@ -160,10 +160,30 @@ def test_fbp_torch_is_linear_and_batch_consistent(batch, size, seed):
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(batch, g.num_angles, g.num_detectors, generator=gen, dtype=torch.float64)
     b = torch.randn(batch, g.num_angles, g.num_detectors, generator=gen, dtype=torch.float64)
-    together = ct.fbp_torch(a, g, angle_chunk=4)
-    singles = torch.stack([ct.fbp_torch(x, g) for x in a])
+    together = ct.fbp_torch(a, g, method="grid", angle_chunk=4)
+    singles = torch.stack([ct.fbp_torch(x, g, method="grid") for x in a])
     torch.testing.assert_close(together, singles)
     torch.testing.assert_close(ct.fbp_torch(2 * a - b, g), 2 * together - ct.fbp_torch(b, g))
+
+
+@settings(max_examples=10)
+@given(size=st.integers(5, 24), quarter=st.integers(1, 6), batch=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_symmetric_sparse_backprojection_equals_direct_backprojection(size, quarter, batch, seed):
+    """The quarter-matrix + square-symmetry backprojector is the same linear map as sampling every
+    angle directly (odd and even image sizes)."""
+    g = ct.ParallelBeamGeometry.for_image_size(size, num_angles=4 * quarter)
+    sino = torch.randn(batch, g.num_angles, g.num_detectors, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    torch.testing.assert_close(ct.fbp_torch(sino, g, method="sparse"), ct.fbp_torch(sino, g, method="grid"), rtol=1e-10, atol=1e-10)
+
+
+def test_fbp_torch_method_choice():
+    g = ct.ParallelBeamGeometry.for_image_size(16, num_angles=10)  # 10 angles: no 4-fold symmetry
+    sino = torch.randn(g.num_angles, g.num_detectors)
+    torch.testing.assert_close(ct.fbp_torch(sino, g), ct.fbp_torch(sino, g, method="grid"))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ct.fbp_torch(sino, g, method="sparse")
+    assert ct.ParallelBeamGeometry.for_image_size(128).num_angles % 4 == 0
+    assert ct.SymmetricBackprojector.memory_bytes(ct.ParallelBeamGeometry.lodopab(), torch.float32) <= ct.SPARSE_BACKPROJECTOR_MAX_BYTES
 
 
 def test_fbp_rejects_mismatched_sinogram():

@@ -16,8 +16,10 @@ used when importable, GPU if it has CUDA), ``torch`` (vectorised over angles wit
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -63,11 +65,12 @@ class ParallelBeamGeometry:
     @classmethod
     def for_image_size(cls, image_size: int, num_angles: Optional[int] = None) -> "ParallelBeamGeometry":
         """LoDoPaB's geometry scaled to ``image_size`` pixels: detector bins about one pixel wide
-        (513 for 362), angles in LoDoPaB's proportion (1000 for 362) unless given."""
+        (513 for 362), angles in LoDoPaB's proportion rounded to a multiple of 4 (1000 for 362)
+        unless given."""
         ratio = DETECTOR_HALF_WIDTH / IMAGE_HALF_WIDTH
         num_detectors = 2 * int(round(image_size * ratio / 2)) + 1
-        if num_angles is None:
-            num_angles = max(8, int(round(LODOPAB_NUM_ANGLES * image_size / LODOPAB_IMAGE_SIZE)))
+        if num_angles is None:  # a multiple of 4, so the symmetric backprojector applies
+            num_angles = max(8, 4 * int(round(LODOPAB_NUM_ANGLES * image_size / LODOPAB_IMAGE_SIZE / 4)))
         return cls(int(image_size), int(num_angles), num_detectors)
 
     @classmethod
@@ -261,30 +264,93 @@ def filter_sinogram(sino: torch.Tensor, filter_name: str = "hann", frequency_sca
     return torch.fft.irfft(spectrum, n=size, dim=-1)[..., :num_det]
 
 
-def fbp_torch(
-    sinograms: ArrayLike,
-    geometry: ParallelBeamGeometry,
-    filter_name: str = "hann",
-    frequency_scaling: float = 1.0,
-    angle_chunk: int = 100,
-) -> torch.Tensor:
-    """FBP in torch: filter along detectors, then back-project all pixels for a chunk of angles at
-    once with ``grid_sample`` (linear interpolation along the detector; the batch shares the grid
-    as channels). ``f(x) = (pi / A) sum_i q_i(x . theta_i)`` with ``q_i`` the projection filtered
-    on detector spacing ``ds`` (Kak & Slaney eq. 3.61); physical units in and out. Any device."""
-    batch, squeeze = _as_batch(sinograms)
-    _check_sinogram_shape(batch, geometry)
-    dtype = batch.dtype if batch.dtype in (torch.float32, torch.float64) else torch.float32
-    batch = batch.to(dtype)
-    device = batch.device
-    filtered = filter_sinogram(batch, filter_name, frequency_scaling)  # (B, A, D)
+SPARSE_BACKPROJECTOR_MAX_BYTES = 1 << 30  # beyond this the grid_sample path is used instead
+
+
+class SymmetricBackprojector:
+    """Linear-interpolation backprojection as one sparse CSR matrix, built once per geometry.
+
+    LoDoPaB's angles ``(i + 1/2) pi / A`` (``4 | A``) map onto themselves under the square's
+    symmetries ``theta -> pi - theta`` (flip x), ``theta + pi/2`` (rotate) and ``pi/2 - theta``
+    (transpose), and so does the pixel grid; so the matrix is built for the angles in
+    ``(0, pi/4)`` only (a quarter of the full one: 0.5 GB at 362^2 x 1000 angles, float32) and
+    applied four times, each result mapped back by the matching flip/transpose. Reused across
+    calls (LRU of one), which makes CPU FBP several times faster than re-sampling every call.
+    """
+
+    def __init__(self, geometry: ParallelBeamGeometry, device: torch.device, dtype: torch.dtype) -> None:
+        n, num_angles, num_det = geometry.image_size, geometry.num_angles, geometry.num_detectors
+        if num_angles % 4:
+            raise ValueError(f"SymmetricBackprojector needs a multiple of 4 angles, got {num_angles}")
+        quarter = num_angles // 4
+        xs = torch.as_tensor(geometry.pixel_centers(), dtype=torch.float64, device=device)
+        coords = torch.stack((xs[:, None].expand(n, n).reshape(-1), xs[None, :].expand(n, n).reshape(-1)), dim=1)
+        theta = geometry.angles(torch.float64, device)[:quarter]
+        trig = torch.stack((theta.cos(), theta.sin())) / geometry.detector_spacing  # (2, q)
+        first = (-geometry.detector_half_width + geometry.detector_spacing / 2) / geometry.detector_spacing
+        nnz = 2 * quarter * n * n
+        index_dtype = torch.int32 if nnz < 2**31 - 1 else torch.int64
+        # filled a few angles at a time so the peak memory stays near the matrix's own size
+        cols = torch.empty(n * n, quarter, 2, dtype=index_dtype, device=device)
+        values = torch.empty(n * n, quarter, 2, dtype=dtype, device=device)
+        for a0 in range(0, quarter, 32):
+            a1 = min(quarter, a0 + 32)
+            pos = coords @ trig[:, a0:a1] - first  # (n^2, chunk) fractional detector index
+            lower = pos.floor()
+            frac = pos - lower
+            lower = lower.to(torch.int64)
+            w0 = torch.where((lower >= 0) & (lower <= num_det - 1), 1 - frac, 0.0)
+            w1 = torch.where((lower >= -1) & (lower <= num_det - 2), frac, 0.0)
+            values[:, a0:a1] = torch.stack((w0, w1), dim=-1)
+            offset = (torch.arange(a0, a1, device=device) * num_det)[None, :]
+            cols[:, a0:a1] = torch.stack((lower.clamp(0, num_det - 1), (lower + 1).clamp(0, num_det - 1)), dim=-1) + offset[..., None]
+        crow = torch.arange(0, nnz + 1, 2 * quarter, device=device, dtype=index_dtype)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            self.matrix = torch.sparse_csr_tensor(
+                crow, cols.reshape(-1), values.reshape(-1), size=(n * n, quarter * num_det), check_invariants=False
+            )
+        q = torch.arange(quarter, device=device)
+        # (angles of this quarter, map from the base-angle image to this quarter's image)
+        self.quarters = [
+            (q, lambda img: img),
+            (num_angles - 1 - q, lambda img: img.flip(-2)),
+            (num_angles // 2 + q, lambda img: img.transpose(-1, -2).flip(-2)),
+            (num_angles // 2 - 1 - q, lambda img: img.transpose(-1, -2)),
+        ]
+        self.image_size = n
+
+    @staticmethod
+    def memory_bytes(geometry: ParallelBeamGeometry, dtype: torch.dtype) -> int:
+        nnz = 2 * (geometry.num_angles // 4) * geometry.image_size**2
+        return nnz * (torch.finfo(dtype).bits // 8 + 4)
+
+    def __call__(self, filtered: torch.Tensor) -> torch.Tensor:
+        """Back-project filtered sinograms ``(B, A, D)`` -> ``(B, n, n)`` (unscaled sum over angles)."""
+        batch = filtered.shape[0]
+        out = None
+        for angles, to_quarter in self.quarters:
+            rhs = filtered[:, angles].reshape(batch, -1).T.contiguous()
+            image = to_quarter((self.matrix @ rhs).T.reshape(batch, self.image_size, self.image_size))
+            out = image if out is None else out + image
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_backprojector(geometry: ParallelBeamGeometry, device: str, dtype: torch.dtype) -> SymmetricBackprojector:
+    return SymmetricBackprojector(geometry, torch.device(device), dtype)
+
+
+def _backproject_grid(filtered: torch.Tensor, geometry: ParallelBeamGeometry, angle_chunk: int) -> torch.Tensor:
+    """Back-projection with ``grid_sample``, a chunk of angles at a time (any geometry, no setup)."""
+    dtype, device = filtered.dtype, filtered.device
     n = geometry.image_size
     xs = torch.as_tensor(geometry.pixel_centers(), dtype=dtype, device=device) / geometry.detector_half_width
     coords = torch.stack((xs[:, None].expand(n, n).reshape(-1), xs[None, :].expand(n, n).reshape(-1)))  # (2, n^2)
     theta = geometry.angles(dtype, device)
     trig = torch.stack((theta.cos(), theta.sin()), dim=1)  # (A, 2)
     channels = filtered[None]  # (1, B, A, D): the batch shares one sampling grid as channels
-    out = torch.zeros(batch.shape[0], n * n, dtype=dtype, device=device)
+    out = torch.zeros(filtered.shape[0], n * n, dtype=dtype, device=device)
     num_angles = geometry.num_angles
     for a0 in range(0, num_angles, angle_chunk):
         count = min(angle_chunk, num_angles - a0)
@@ -295,8 +361,40 @@ def fbp_torch(
         grid[0, :, :, 1] = ((rows + 0.5) * (2.0 / num_angles) - 1.0)[:, None]
         values = F.grid_sample(channels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out += values[0].sum(1)
+    return out.reshape(-1, n, n)
+
+
+def fbp_torch(
+    sinograms: ArrayLike,
+    geometry: ParallelBeamGeometry,
+    filter_name: str = "hann",
+    frequency_scaling: float = 1.0,
+    method: str = "auto",
+    angle_chunk: int = 100,
+) -> torch.Tensor:
+    """FBP in torch: filter along detectors, then back-project with linear interpolation along the
+    detector. ``f(x) = (pi / A) sum_i q_i(x . theta_i)`` with ``q_i`` the projection filtered on
+    detector spacing ``ds`` (Kak & Slaney eq. 3.61); physical units in and out. Any device.
+
+    ``method``: ``sparse`` (:class:`SymmetricBackprojector`, needs ``4 | A``), ``grid``
+    (``grid_sample`` per call) or ``auto`` (sparse when it applies and fits in 1 GiB).
+    """
+    batch, squeeze = _as_batch(sinograms)
+    _check_sinogram_shape(batch, geometry)
+    dtype = batch.dtype if batch.dtype in (torch.float32, torch.float64) else torch.float32
+    batch = batch.to(dtype)
+    filtered = filter_sinogram(batch, filter_name, frequency_scaling)  # (B, A, D)
+    if method not in ("auto", "sparse", "grid"):
+        raise ValueError(f"method must be 'auto', 'sparse' or 'grid', got {method!r}")
+    if method == "auto":
+        fits = SymmetricBackprojector.memory_bytes(geometry, dtype) <= SPARSE_BACKPROJECTOR_MAX_BYTES
+        method = "sparse" if geometry.num_angles % 4 == 0 and fits else "grid"
+    if method == "sparse":
+        summed = _cached_backprojector(geometry, str(batch.device), dtype)(filtered)
+    else:
+        summed = _backproject_grid(filtered, geometry, angle_chunk)
     # fourier_filter carries scikit-image's factor 2, hence pi / (2 A) (as iradon).
-    recon = (out * (math.pi / (2 * num_angles) / geometry.detector_spacing)).reshape(-1, n, n)
+    recon = summed * (math.pi / (2 * geometry.num_angles) / geometry.detector_spacing)
     return recon[0] if squeeze else recon
 
 
