@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cache = sub.add_parser("fbp-cache", help="precompute the LoDoPaB FBP cache (resumable)", description="Compute the FBP of every LoDoPaB observation once, next to the data (or --cache-dir); an interrupted run resumes.")
     cache.add_argument("--root", required=True, type=Path, help="LoDoPaB folder")
-    cache.add_argument("--backend", default="auto", choices=("auto", "astra", "torch", "skimage"), help="FBP backend (auto: astra if importable, else torch)")
+    cache.add_argument("--backend", default="auto", choices=("auto", "astra", "torch", "skimage"), help="FBP backend (auto: astra if it has CUDA, else torch)")
     cache.add_argument("--device", default=None, help="torch device for the torch backend (default: cuda if available)")
     cache.add_argument("--cache-dir", default=None, help="cache folder (default ROOT/fbp_cache)")
     cache.add_argument("--parts", nargs="*", default=None, choices=("train", "validation", "test"), help="parts to cache (default all present)")

@@ -328,8 +328,13 @@ class ImageNetShiftDataModule(ReconDataModule):
 
         path = self.cache_path(paths, backend)
         key = {"num_images": len(paths), "geometry": geometry.describe(), "fbp_backend": backend, "photons_per_pixel": float(self.photons_per_pixel)}
-        with tqdm(total=len(paths), desc=f"ImageNet CT cache ({backend})", unit="img", disable=not self.progress, leave=False) as bar:
-            report = build_cached_stack(path, len(paths), (geometry.image_size, geometry.image_size), compute, key, backend, chunk=8 if backend == "torch" else 1, progress=bar.update)
+        try:
+            with tqdm(total=len(paths), desc=f"ImageNet CT cache ({backend})", unit="img", disable=not self.progress, leave=False) as bar:
+                report = build_cached_stack(
+                    path, len(paths), (geometry.image_size, geometry.image_size), compute, key, backend, chunk=8 if backend == "torch" else 1, progress=bar.update
+                )
+        finally:
+            ct.release_fbp_memory()
         log.info("%s, %s", report.summary(), path)
         self.cache_report = report
         return report

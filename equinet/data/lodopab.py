@@ -243,7 +243,7 @@ class LoDoPaBDataModule(ReconDataModule):
         crop_size: side of the centre crop (352 of LoDoPaB's 362, divisible by 32).
         batch_size: samples per batch.
         num_workers: DataLoader workers.
-        fbp: FBP backend, ``auto`` (astra-toolbox if importable, else torch), ``astra``,
+        fbp: FBP backend, ``auto`` (astra-toolbox if it has CUDA, else torch), ``astra``,
             ``torch`` or ``skimage``.
         fbp_filter: ``hann`` (default) or ``ramp``.
         fbp_frequency_scaling: Hann cut-off as a fraction of Nyquist (1.0 = full band).
@@ -388,6 +388,7 @@ class LoDoPaBDataModule(ReconDataModule):
                     bar.set_postfix_str(f"{report.per_image_ms:.0f} ms/img")
         finally:
             bar.close()
+            ct.release_fbp_memory()
         log.info("%s, %s", report.summary(), folder)
         self.cache_report = report
         return report
