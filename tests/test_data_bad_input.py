@@ -14,7 +14,7 @@ import pytest
 from _data_helpers import copy_dataset, imagenet_root, knee_root, lodopab_root
 
 from equinet.data import DataFormatError, FastMRIDataModule, ImageNetShiftDataModule, LoDoPaBDataModule, ct
-from equinet.data.fbp_cache import build_cached_stack
+from equinet.data.fbp_cache import build_cached_stack, partial_path
 
 
 @pytest.fixture(scope="session")
@@ -327,13 +327,13 @@ def test_fbp_cache_resumes_after_interruption_and_is_atomic(lodopab, tmp_path, m
         dm.setup()
     cache = root / "fbp_cache" / "hann-f1-torch"
     assert (cache / "observation_train_000.hdf5").is_file()  # first file finished and renamed
-    partial = cache / "observation_train_001.hdf5.partial"
+    partial = partial_path(cache / "observation_train_001.hdf5")
     assert partial.is_file() and not (cache / "observation_train_001.hdf5").exists()  # never half-written
     monkeypatch.setattr(ct, "fbp", real_fbp)
     dm = lodopab_dm(root, tmp_path, fbp="torch")
     dm.setup()
     assert dm.cache_report.computed == total - 4 and dm.cache_report.reused == 4  # continued where it stopped
-    assert not list(cache.glob("*.partial"))
+    assert not list(cache.glob("*.partial*"))
     for path in cache.glob("*.hdf5"):
         with h5py.File(path) as a, h5py.File(tmp_path / "reference" / "hann-f1-torch" / path.name) as b:
             np.testing.assert_array_equal(a["data"][()], b["data"][()])
@@ -362,7 +362,7 @@ def test_fbp_cache_resumes_mid_file_and_discards_corrupt_partials(tmp_path, capl
         np.testing.assert_array_equal(f["data"][()], rows)
     # different settings -> rebuilt; a corrupt partial -> discarded with a warning
     assert build_cached_stack(path, 10, (2, 2), compute, {"k": "other"}, "test", chunk=5).computed == 10
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_path(path)
     partial.write_bytes(b"garbage")
     path.unlink()
     with caplog.at_level(logging.WARNING, logger="equinet.data"):

@@ -1,14 +1,17 @@
 """Resumable, atomic on-disk cache of computed image stacks (FBP reconstructions).
 
-A cache file ``X.hdf5`` (dataset ``data``) is built as ``X.hdf5.partial`` chunk by chunk; after
-every chunk its rows are flushed and the attribute ``num_done`` advanced, so an interrupted build
-resumes at the first missing row. When complete the partial file is renamed to ``X.hdf5``
-(atomic), so a reader never sees a half-written cache.
+A cache file ``X.hdf5`` (dataset ``data``) is built as ``X.hdf5.partial-<host>`` chunk by chunk;
+after every chunk its rows are flushed and the attribute ``num_done`` advanced, so an interrupted
+build resumes at the first missing row. When complete the partial file is renamed to ``X.hdf5``
+(atomic), so a reader never sees a half-written cache. The host name in the partial file keeps
+two nodes of a multi-node job that share the data folder from writing into the same file (each
+then finishes its own copy and the identical results replace one another atomically).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +78,12 @@ def is_complete(path: Path, key: Dict) -> bool:
         return False
 
 
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is built before its atomic rename (per host)."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+    return path.with_name(f"{path.name}.partial-{host}")
+
+
 def build_cached_stack(
     path: Path,
     num_rows: int,
@@ -98,7 +107,7 @@ def build_cached_stack(
         if progress:
             progress(num_rows)
         return report
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_path(path)
     start = 0
     if partial.exists():
         try:
