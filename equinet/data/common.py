@@ -172,7 +172,8 @@ def ensure_dataset(path: Path, build: Callable[[Path], None], what: str) -> Path
 
 
 # Show equinet.data's INFO lines (cache reports, dataset sizes) the way Lightning shows its own,
-# unless the application configured logging itself.
-log.setLevel(logging.INFO)
+# unless the application configured logging (or this logger's level) itself.
+if log.level == logging.NOTSET:
+    log.setLevel(logging.INFO)
 if not logging.getLogger().hasHandlers() and not log.handlers:
     log.addHandler(logging.StreamHandler())
