@@ -244,6 +244,19 @@ def test_real_lodopab_layout_without_manifest_uses_published_counts(tmp_path):
         dm.test_set[97]
 
 
+def test_lodopab_caches_only_the_parts_a_stage_needs(lodopab, tmp_path):
+    dm = lodopab_module(lodopab, tmp_path, fbp="torch", fbp_cache_dir=str(tmp_path / "fbp"))
+    dm.setup("test")
+    assert dm.cache_report.computed == LODOPAB["num_test"]  # trainer.test does not FBP the training set
+    assert sorted(p.name for p in (tmp_path / "fbp").rglob("*.hdf5")) == ["observation_test_000.hdf5"]
+    dm.setup("fit")
+    assert dm.cache_report.computed == LODOPAB["num_train"] + LODOPAB["num_val"]
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    fresh = lodopab_module(lodopab, tmp_path, fbp="torch", fbp_cache_dir=str(tmp_path / "fbp2"))
+    trainer.test(_TinyTestModule(), datamodule=fresh)
+    assert sorted(p.name for p in (tmp_path / "fbp2").rglob("*.hdf5")) == ["observation_test_000.hdf5"]
+
+
 def test_lodopab_module_with_workers(lodopab, tmp_path):
     dm = lodopab_module(lodopab, tmp_path, batch_size=2, num_workers=2)
     dm.setup("fit")
@@ -353,6 +366,11 @@ class _TinyModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _TinyTestModule(_TinyModule):
+    def test_step(self, batch, _):
+        self.log("test_loss", torch.nn.functional.mse_loss(self.conv(batch.input), batch.target), batch_size=batch.input.shape[0])
 
 
 def test_datamodules_run_under_a_lightning_trainer(knee, lodopab, imagenet, tmp_path):

@@ -20,7 +20,6 @@ than skimage at 362^2 x 1000 angles (``experiments/benchmarks/data_throughput.py
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 MU_MAX = 81.35858  # 1/m: attenuation that maps to 1.0 in LoDoPaB ground truth
 PHOTONS_PER_PIXEL = 4096  # N0 of LoDoPaB's Poisson noise model
@@ -511,7 +508,7 @@ def fbp_astra(
     h = geometry.pixel_size
     theta = geometry.angles().numpy()
     vol_geom = astra.create_vol_geom(n, n)
-    proj_geom = astra.create_proj_geom("parallel", geometry.detector_spacing / h, geometry.num_detectors, ASTRA_ANGLE_SIGN * theta)
+    proj_geom = astra.create_proj_geom("parallel", geometry.detector_spacing / h, geometry.num_detectors, _ASTRA_ANGLE_SIGN * theta)
     use_cuda = bool(astra.use_cuda())
     outs = []
     for sino in batch.detach().cpu().numpy().astype(np.float32):
@@ -535,7 +532,7 @@ def fbp_astra(
                 astra.algorithm.run(alg_id)
             finally:
                 astra.algorithm.delete(alg_id)
-            outs.append(ASTRA_OUTPUT_TRANSFORM(astra.data2d.get(rec_id)))
+            outs.append(_from_astra_image(astra.data2d.get(rec_id)))
         finally:
             astra.data2d.delete([sino_id, rec_id])
             if proj_id is not None:
@@ -544,11 +541,12 @@ def fbp_astra(
     return out[0] if squeeze else out
 
 
-# astra's volume rows run along our y and its angle turns the other way; pinned by a test.
-ASTRA_ANGLE_SIGN = -1.0
+# astra's volume rows run along our y and its angle turns the other way (pinned by
+# test_fbp_backends_agree): angles are negated and its image transposed.
+_ASTRA_ANGLE_SIGN = -1.0
 
 
-def ASTRA_OUTPUT_TRANSFORM(image: np.ndarray) -> np.ndarray:
+def _from_astra_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.T)
 
 

@@ -329,17 +329,29 @@ class LoDoPaBDataModule(ReconDataModule):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # -- preparation ---------------------------------------------------------------------------
+    def _parts_for(self, stage: Optional[str]) -> Optional[List[str]]:
+        """LoDoPaB parts a stage reads (``None``: all), so ``trainer.test`` does not FBP the 35820
+        training samples first."""
+        if stage is None and self.trainer is not None and self.trainer.state.fn is not None:
+            stage = str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn))
+        parts = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"], "predict": ["test"]}
+        return parts.get(stage) if stage else None
+
     def prepare_data(self) -> None:
-        """Generate the synthetic default (if ``root=None``) and build the FBP cache, once."""
+        """Generate the synthetic default (if ``root=None``) and build the FBP cache of the parts
+        the running Trainer stage needs (all parts when used without a Trainer), once."""
         if self.root is None:
             ensure_dataset(self.synthetic_root(), lambda out: write_lodopab_dataset(out, **self.synthetic), "LoDoPaB-CT")
-        self.build_fbp_cache()
+        layout = scan_lodopab(self.resolved_root())
+        parts = self._parts_for(None)
+        self.build_fbp_cache([p for p in parts if layout.files[p]] if parts else None, layout=layout)
 
     def build_fbp_cache(self, parts: Optional[List[str]] = None, layout: Optional[LoDoPaBLayout] = None) -> CacheReport:
         """FBP every real observation row into the cache (resumable); report time and backend."""
         layout = self.layout = layout or scan_lodopab(self.resolved_root())
         backend = ct.resolve_fbp_backend(self.fbp_backend)
-        parts = parts or [p for p in LODOPAB_NUM_SAMPLES if layout.files[p]]
+        if parts is None:
+            parts = [p for p in LODOPAB_NUM_SAMPLES if layout.files[p]]
         files = [f for p in parts for f in layout.files[p]]
         folder = self.cache_folder(backend)
         geometry = layout.geometry
@@ -402,7 +414,9 @@ class LoDoPaBDataModule(ReconDataModule):
             raise DataFormatError(
                 f"crop_size={self.crop_size} exceeds the {size}x{size} images in {layout.root}; use crop_size <= {size}"
             )
-        self.build_fbp_cache(layout=layout)  # reuses the cache prepare_data built (rank 0 under DDP)
+        parts = self._parts_for(stage)
+        # reuses what prepare_data built (rank 0 under DDP); a missing part is an error below
+        self.build_fbp_cache([p for p in parts if layout.files[p]] if parts else None, layout=layout)
         if stage in (None, "fit"):
             self.train_set = self.make_dataset("train")
         if stage in (None, "fit", "validate"):
