@@ -13,7 +13,7 @@ Three FBP backends agree with each other (``tests/test_data_forward.py``): ``ast
 (astra-toolbox, optional; ``FBP_CUDA`` on a GPU), ``torch`` (a sparse backprojection matrix
 reused through the square's symmetries, or ``grid_sample``; any device) and ``skimage``
 (``iradon(filter_name="hann")``, the reference). ``auto`` picks astra when it has CUDA, else
-torch: on a CPU the torch backend measured ~12x faster than astra's CPU FBP and ~15x faster
+torch: on a CPU the torch backend measured 8-12x faster than astra's CPU FBP and ~15x faster
 than skimage at 362^2 x 1000 angles (``experiments/benchmarks/data_throughput.py``).
 """
 

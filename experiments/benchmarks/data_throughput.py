@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--passes", type=int, default=2, help="timed passes over each loader")
     parser.add_argument("--knee-volumes", type=int, default=2, help="fastMRI volumes per split (8 slices each)")
-    parser.add_argument("--lodopab-samples", type=int, default=4, help="LoDoPaB training samples (val/test get N // 4)")
+    parser.add_argument("--lodopab-samples", type=int, default=16, help="LoDoPaB training samples (val/test get N // 4)")
     parser.add_argument("--images", type=int, default=32, help="ImageNet images")
     parser.add_argument("--small", action="store_true", help="reduced sizes (128 px) for a quick smoke run")
     parser.add_argument("--data-dir", default=None, help="where to generate (default: a temporary folder)")
