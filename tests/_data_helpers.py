@@ -32,11 +32,15 @@ def knee_root(tmp_path_factory) -> Path:
 
 
 def lodopab_root(tmp_path_factory) -> Path:
-    return session_dataset(tmp_path_factory, "lodopab", lambda out: synthetic.write_lodopab_dataset(out, **LODOPAB))
+    return session_dataset(
+        tmp_path_factory, "lodopab", lambda out: synthetic.write_lodopab_dataset(out, **LODOPAB)
+    )
 
 
 def imagenet_root(tmp_path_factory) -> Path:
-    return session_dataset(tmp_path_factory, "imagenet", lambda out: synthetic.write_imagenet_folder(out, **IMAGENET))
+    return session_dataset(
+        tmp_path_factory, "imagenet", lambda out: synthetic.write_imagenet_folder(out, **IMAGENET)
+    )
 
 
 def copy_dataset(source: Path, tmp_path: Path) -> Path:

@@ -17,13 +17,33 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, "-m", "equinet", "data", *args], capture_output=True, text=True, env=env, timeout=300)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "equinet", "data", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_synth_through_the_equinet_command(tmp_path):
     out = tmp_path / "knee"
-    result = run_cli("synth", "--kind", "knee", "--out", str(out), "--num", "1", "--num-val", "1", "--num-test", "1", "--size", "16", "--slices", "2")
+    result = run_cli(
+        "synth",
+        "--kind",
+        "knee",
+        "--out",
+        str(out),
+        "--num",
+        "1",
+        "--num-val",
+        "1",
+        "--num-test",
+        "1",
+        "--size",
+        "16",
+        "--slices",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote 3 files" in result.stdout
     dm = FastMRIDataModule(root=str(out), crop_size=16, data_dir=str(tmp_path))
@@ -58,7 +78,10 @@ def test_synth_lodopab_default_writes_the_real_sizes(tmp_path):
     out = tmp_path / "lodopab"
     main(["synth", "--kind", "lodopab", "--out", str(out), "--num", "1"])
     for part in ("train", "validation", "test"):
-        with h5py.File(out / f"ground_truth_{part}_000.hdf5") as gt, h5py.File(out / f"observation_{part}_000.hdf5") as obs:
+        with (
+            h5py.File(out / f"ground_truth_{part}_000.hdf5") as gt,
+            h5py.File(out / f"observation_{part}_000.hdf5") as obs,
+        ):
             assert gt["data"].shape == (128, 362, 362) and obs["data"].shape == (128, 1000, 513)
             assert gt["data"].dtype == obs["data"].dtype == "float32"
             assert gt["data"][0].max() > 0 and not gt["data"][1].any()  # one sample, 127 padding rows
@@ -66,8 +89,24 @@ def test_synth_lodopab_default_writes_the_real_sizes(tmp_path):
 
 def test_synth_lodopab_padded_tail_and_check_command(tmp_path, capsys):
     out = tmp_path / "lodopab"
-    main(["synth", "--kind", "lodopab", "--out", str(out), "--num", "5", "--size", "24", "--samples-per-file", "2"])
-    assert sorted(p.name for p in out.glob("ground_truth_train_*.hdf5")) == [f"ground_truth_train_{k:03d}.hdf5" for k in range(3)]
+    main(
+        [
+            "synth",
+            "--kind",
+            "lodopab",
+            "--out",
+            str(out),
+            "--num",
+            "5",
+            "--size",
+            "24",
+            "--samples-per-file",
+            "2",
+        ]
+    )
+    assert sorted(p.name for p in out.glob("ground_truth_train_*.hdf5")) == [
+        f"ground_truth_train_{k:03d}.hdf5" for k in range(3)
+    ]
     capsys.readouterr()
     main(["fbp-cache", "--root", str(out), "--backend", "torch"])
     assert "computed 7 images" in capsys.readouterr().out  # 5 + 1 + 1 real rows, padding skipped
@@ -80,7 +119,21 @@ def test_synth_lodopab_padded_tail_and_check_command(tmp_path, capsys):
 
 def test_synth_imagenet_class_layout(tmp_path):
     out = tmp_path / "val"
-    main(["synth", "--kind", "imagenet", "--out", str(out), "--num", "4", "--size", "20", "--layout", "classes"])
+    main(
+        [
+            "synth",
+            "--kind",
+            "imagenet",
+            "--out",
+            str(out),
+            "--num",
+            "4",
+            "--size",
+            "20",
+            "--layout",
+            "classes",
+        ]
+    )
     assert len(list(out.glob("n*/ILSVRC2012_val_*.JPEG"))) == 4
     dm = ImageNetShiftDataModule(root=str(out), crop_size=16, forward_model="none", data_dir=str(tmp_path))
     dm.setup()

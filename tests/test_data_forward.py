@@ -26,7 +26,9 @@ def test_lodopab_geometry_matches_the_published_one():
     theta = g.angles().numpy()
     np.testing.assert_allclose(theta, (np.arange(1000) + 0.5) * np.pi / 1000)
     s = g.detector_positions()
-    np.testing.assert_allclose([s[0] - g.detector_spacing / 2, s[-1] + g.detector_spacing / 2], [-0.18385, 0.18385])
+    np.testing.assert_allclose(
+        [s[0] - g.detector_spacing / 2, s[-1] + g.detector_spacing / 2], [-0.18385, 0.18385]
+    )
     np.testing.assert_allclose(g.pixel_size, 0.26 / 362)
     assert ct.ParallelBeamGeometry.from_shapes((362, 362), (1000, 513)) == g
     with pytest.raises(ValueError, match="square"):
@@ -35,7 +37,10 @@ def test_lodopab_geometry_matches_the_published_one():
 
 def _gaussian_blobs(rng: np.random.Generator, count: int):
     """(amplitude, sigma, x0, y0) blobs well inside the FOV: smooth, with an analytic transform."""
-    return [(rng.uniform(0.2, 1.0), rng.uniform(0.015, 0.025), *rng.uniform(-0.04, 0.04, size=2)) for _ in range(count)]
+    return [
+        (rng.uniform(0.2, 1.0), rng.uniform(0.015, 0.025), *rng.uniform(-0.04, 0.04, size=2))
+        for _ in range(count)
+    ]
 
 
 def _blob_image(blobs, g: ct.ParallelBeamGeometry) -> np.ndarray:
@@ -77,7 +82,9 @@ def test_projector_orientation_is_pinned(method):
     image = torch.from_numpy(_blob_image(blobs, g))
     exact = _blob_sinogram(blobs, g)
     for candidate, expected_small in ((image, True), (image.T.contiguous(), False), (image.flip(0), False)):
-        error = np.linalg.norm(ct.ray_transform(candidate, g, method=method).numpy() - exact) / np.linalg.norm(exact)
+        error = np.linalg.norm(
+            ct.ray_transform(candidate, g, method=method).numpy() - exact
+        ) / np.linalg.norm(exact)
         assert (error < 0.025) == expected_small, error
 
 
@@ -102,7 +109,9 @@ def test_ellipse_sinogram_matches_projection_of_its_rasterisation():
     # the exact transform of a unit disc of radius r is 2 sqrt(r^2 - s^2)
     disc = np.array([[1.0, 0.05, 0.05, 0.0, 0.0, 0.0]])
     s = g.detector_positions()
-    np.testing.assert_allclose(ct.ellipse_sinogram(disc, g)[0], 2 * np.sqrt(np.clip(0.05**2 - s**2, 0, None)), atol=1e-12)
+    np.testing.assert_allclose(
+        ct.ellipse_sinogram(disc, g)[0], 2 * np.sqrt(np.clip(0.05**2 - s**2, 0, None)), atol=1e-12
+    )
 
 
 def test_simulated_observation_follows_lodopab_noise_model():
@@ -114,7 +123,9 @@ def test_simulated_observation_follows_lodopab_noise_model():
     assert abs(float(y.mean()) - 0.02) < 5e-4
     assert float(y.var()) == pytest.approx(1 / (rate * ct.MU_MAX**2), rel=0.05)
     # zero photons are floored at 0.1 before the log, as in LoDoPaB
-    opaque = ct.simulate_observation(torch.full((10,), 10.0), 4096, generator=torch.Generator().manual_seed(0))
+    opaque = ct.simulate_observation(
+        torch.full((10,), 10.0), 4096, generator=torch.Generator().manual_seed(0)
+    )
     np.testing.assert_allclose(opaque.numpy(), -np.log(0.1 / 4096) / ct.MU_MAX, rtol=1e-6)
 
 
@@ -133,7 +144,9 @@ def test_fbp_of_noiseless_exact_sinogram_reaches_stated_psnr(phantom):
     values = []
     for seed in range(3):
         rng = np.random.default_rng(seed)
-        ellipses = synthetic.random_body_ellipses(rng) if phantom == "body" else synthetic.shepp_logan_variant(rng)
+        ellipses = (
+            synthetic.random_body_ellipses(rng) if phantom == "body" else synthetic.shepp_logan_variant(rng)
+        )
         truth = ct.rasterize_ellipses(ellipses, g.image_size)
         recon = ct.fbp(torch.from_numpy(ct.ellipse_sinogram(ellipses, g)), g, backend="torch").numpy()
         values.append(psnr(recon, truth))
@@ -162,7 +175,9 @@ def test_fbp_backends_agree(other):
     rng = np.random.default_rng(1)
     ellipses = synthetic.random_body_ellipses(rng)
     truth = ct.rasterize_ellipses(ellipses, g.image_size)
-    noisy = ct.simulate_observation(torch.from_numpy(ct.ellipse_sinogram(ellipses, g)), 4096, generator=torch.Generator().manual_seed(0))
+    noisy = ct.simulate_observation(
+        torch.from_numpy(ct.ellipse_sinogram(ellipses, g)), 4096, generator=torch.Generator().manual_seed(0)
+    )
     reference = ct.fbp(noisy, g, backend="torch").numpy()
     candidate = ct.fbp(noisy, g, backend=other).numpy()
     assert psnr(candidate, reference) > 40.0  # agree far better than either agrees with the truth
@@ -199,8 +214,16 @@ def test_symmetric_sparse_backprojection_equals_direct_backprojection(size, quar
     """The quarter-matrix + square-symmetry backprojector is the same linear map as sampling every
     angle directly (odd and even image sizes)."""
     g = ct.ParallelBeamGeometry.for_image_size(size, num_angles=4 * quarter)
-    sino = torch.randn(batch, g.num_angles, g.num_detectors, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    torch.testing.assert_close(ct.fbp_torch(sino, g, method="sparse"), ct.fbp_torch(sino, g, method="grid"), rtol=1e-10, atol=1e-10)
+    sino = torch.randn(
+        batch,
+        g.num_angles,
+        g.num_detectors,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(
+        ct.fbp_torch(sino, g, method="sparse"), ct.fbp_torch(sino, g, method="grid"), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_fbp_torch_method_choice():
@@ -210,7 +233,10 @@ def test_fbp_torch_method_choice():
     with pytest.raises(ValueError, match="multiple of 4"):
         ct.fbp_torch(sino, g, method="sparse")
     assert ct.ParallelBeamGeometry.for_image_size(128).num_angles % 4 == 0
-    assert ct.SymmetricBackprojector.memory_bytes(ct.ParallelBeamGeometry.lodopab(), torch.float32) <= ct.SPARSE_BACKPROJECTOR_MAX_BYTES
+    assert (
+        ct.SymmetricBackprojector.memory_bytes(ct.ParallelBeamGeometry.lodopab(), torch.float32)
+        <= ct.SPARSE_BACKPROJECTOR_MAX_BYTES
+    )
 
 
 def test_fbp_rejects_mismatched_sinogram():

@@ -15,7 +15,14 @@ from fastmri.data import SliceDataset
 from fastmri.data.transforms import UnetDataTransform
 from torch.utils.data import DistributedSampler
 
-from equinet.data import FastMRIDataModule, ImageNetShiftDataModule, LoDoPaBDataModule, ReconSample, ct, synthetic
+from equinet.data import (
+    FastMRIDataModule,
+    ImageNetShiftDataModule,
+    LoDoPaBDataModule,
+    ReconSample,
+    ct,
+    synthetic,
+)
 from equinet.data.lodopab import LODOPAB_NUM_SAMPLES, scan_lodopab, valid_rows
 from equinet.data.mri import make_mask_func
 
@@ -59,7 +66,11 @@ def check_batch(batch: ReconSample, size: int) -> None:
         assert stat.dtype == torch.float32 and tuple(stat.shape) == (b,)
     assert bool((batch.std > 0).all()) and bool((batch.max_value > 0).all())
     assert batch.slice_num.dtype == torch.int64 and tuple(batch.slice_num.shape) == (b,)
-    assert isinstance(batch.fname, (list, tuple)) and len(batch.fname) == b and all(isinstance(f, str) for f in batch.fname)
+    assert (
+        isinstance(batch.fname, (list, tuple))
+        and len(batch.fname) == b
+        and all(isinstance(f, str) for f in batch.fname)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,8 +82,16 @@ def test_synthetic_knee_files_look_like_fastmri_files(knee):
     path = sorted((knee / "singlecoil_train").glob("*.h5"))[0]
     with h5py.File(path, "r") as f:
         size = KNEE["size"]
-        assert f["kspace"].dtype == np.complex64 and f["kspace"].shape == (KNEE["num_slices"], 2 * size, synthetic.knee_kspace_width(size))
-        assert f["reconstruction_esc"].dtype == np.float32 and f["reconstruction_esc"].shape == (KNEE["num_slices"], size, size)
+        assert f["kspace"].dtype == np.complex64 and f["kspace"].shape == (
+            KNEE["num_slices"],
+            2 * size,
+            synthetic.knee_kspace_width(size),
+        )
+        assert f["reconstruction_esc"].dtype == np.float32 and f["reconstruction_esc"].shape == (
+            KNEE["num_slices"],
+            size,
+            size,
+        )
         assert set(f.attrs) >= {"max", "norm", "acquisition", "patient_id"}
         assert f.attrs["max"] == pytest.approx(float(f["reconstruction_esc"][()].max()))
         assert f.attrs["acquisition"] in ("CORPD_FBK", "CORPDFS_FBK")
@@ -85,7 +104,11 @@ def test_synthetic_knee_files_look_like_fastmri_files(knee):
         kspace = f["kspace"][0]
     left, right = sample.metadata["padding_left"], sample.metadata["padding_right"]
     assert 0 < left < right < kspace.shape[1]
-    assert not np.any(kspace[:, :left]) and not np.any(kspace[:, right:]) and np.all(np.abs(kspace[:, left:right]).sum(0) > 0)
+    assert (
+        not np.any(kspace[:, :left])
+        and not np.any(kspace[:, right:])
+        and np.all(np.abs(kspace[:, left:right]).sum(0) > 0)
+    )
 
 
 def test_fastmri_module_shapes_ranges_and_unique_ids(knee, tmp_path):
@@ -132,7 +155,11 @@ def test_validation_inputs_match_fastmri_reference_transform(knee, tmp_path):
     """Same seeded mask, same zero-filled image and normalisation as fastmri's UnetDataTransform."""
     dm = knee_module(knee, tmp_path)
     dm.setup("validate")
-    reference = SliceDataset(knee / "singlecoil_val", "singlecoil", transform=UnetDataTransform("singlecoil", make_mask_func(), use_seed=True))
+    reference = SliceDataset(
+        knee / "singlecoil_val",
+        "singlecoil",
+        transform=UnetDataTransform("singlecoil", make_mask_func(), use_seed=True),
+    )
     assert len(reference) == len(dm.val_set)
     for index in (0, 5, 9):
         ours, theirs = dm.val_set[index], reference[index]
@@ -163,7 +190,9 @@ def test_acquisition_filter_sample_rate_and_crop(knee, tmp_path):
         dm.setup("fit")
     picked = [[(s.fname.name, s.slice_ind) for s in dm.train_set.raw_samples] for dm in half]
     assert picked[0] == picked[1]  # seeded: every DDP rank sees the same subset
-    assert len({name for name, _ in picked[0]}) == 2 and len(picked[0]) == 2 * KNEE["num_slices"]  # whole volumes
+    assert (
+        len({name for name, _ in picked[0]}) == 2 and len(picked[0]) == 2 * KNEE["num_slices"]
+    )  # whole volumes
     small = knee_module(knee, tmp_path, crop_size=16)
     small.setup("validate")
     check_batch(next(iter(small.val_dataloader())), 16)
@@ -192,15 +221,23 @@ def test_padding_rule_for_real_lodopab_counts():
 def test_lodopab_module_serves_every_real_sample_once_and_no_padding(lodopab, tmp_path):
     dm = lodopab_module(lodopab, tmp_path, batch_size=4)
     dm.setup()
-    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (LODOPAB["num_train"], LODOPAB["num_val"], LODOPAB["num_test"])
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (
+        LODOPAB["num_train"],
+        LODOPAB["num_val"],
+        LODOPAB["num_test"],
+    )
     with h5py.File(lodopab / "ground_truth_train_001.hdf5", "r") as f:  # the padded tail file
         assert f["data"].shape[0] == LODOPAB["samples_per_file"]
         assert not np.any(f["data"][2:]) and np.all(f["data"][:2].max(axis=(1, 2)) > 0)
     samples = all_samples(dm.train_dataloader())
     names = sorted(s[5] for s in samples)
-    assert names == sorted([f"ground_truth_train_000:{r}" for r in range(4)] + [f"ground_truth_train_001:{r}" for r in range(2)])
+    assert names == sorted(
+        [f"ground_truth_train_000:{r}" for r in range(4)] + [f"ground_truth_train_001:{r}" for r in range(2)]
+    )
     for s in samples:
-        check_batch(ReconSample(*[torch.as_tensor(x)[None] if not isinstance(x, str) else [x] for x in s]), 28)
+        check_batch(
+            ReconSample(*[torch.as_tensor(x)[None] if not isinstance(x, str) else [x] for x in s]), 28
+        )
         original = s[1] * s[3] + s[2]
         assert float(original.max()) > 0.05  # a padding row (all zeros) would fail this
         assert -1e-5 <= float(original.min()) and float(original.max()) <= 1 + 1e-5  # ground truth in [0, 1]
@@ -244,6 +281,25 @@ def test_real_lodopab_layout_without_manifest_uses_published_counts(tmp_path):
         dm.test_set[97]
 
 
+def test_lodopab_caches_only_the_parts_a_stage_needs(lodopab, tmp_path):
+    dm = lodopab_module(lodopab, tmp_path, fbp="torch", fbp_cache_dir=str(tmp_path / "fbp"))
+    dm.setup("test")
+    assert dm.cache_report.computed == LODOPAB["num_test"]  # trainer.test does not FBP the training set
+    assert sorted(p.name for p in (tmp_path / "fbp").rglob("*.hdf5")) == ["observation_test_000.hdf5"]
+    dm.setup("fit")
+    assert dm.cache_report.computed == LODOPAB["num_train"] + LODOPAB["num_val"]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    fresh = lodopab_module(lodopab, tmp_path, fbp="torch", fbp_cache_dir=str(tmp_path / "fbp2"))
+    trainer.test(_TinyTestModule(), datamodule=fresh)
+    assert sorted(p.name for p in (tmp_path / "fbp2").rglob("*.hdf5")) == ["observation_test_000.hdf5"]
+
+
 def test_lodopab_module_with_workers(lodopab, tmp_path):
     dm = lodopab_module(lodopab, tmp_path, batch_size=2, num_workers=2)
     dm.setup("fit")
@@ -269,10 +325,18 @@ def test_synthetic_imagenet_folder_has_rgb_gray_and_cmyk_jpegs(imagenet):
 @pytest.mark.parametrize("forward_model", ["mri", "ct", "none"])
 def test_imagenet_module_forward_models(imagenet, tmp_path, forward_model):
     dm = ImageNetShiftDataModule(
-        root=str(imagenet), num_images=5, crop_size=32, forward_model=forward_model, ct_image_size=36, data_dir=str(tmp_path), progress=False
+        root=str(imagenet),
+        num_images=5,
+        crop_size=32,
+        forward_model=forward_model,
+        ct_image_size=36,
+        data_dir=str(tmp_path),
+        progress=False,
     )
     dm.setup("test")
-    assert [p.name for p in dm.paths] == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 6)]  # first N by name
+    assert [p.name for p in dm.paths] == [
+        f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 6)
+    ]  # first N by name
     batch = next(iter(dm.test_dataloader()))
     check_batch(batch, 32)
     samples = [dm.test_set[i] for i in range(5)]
@@ -294,7 +358,9 @@ def test_imagenet_class_folder_layout_sorted_by_file_name(tmp_path):
     root = tmp_path / "val_tree"
     synthetic.write_imagenet_folder(root, num_images=6, size=36, layout="classes")
     assert len(list(root.glob("n*/*.JPEG"))) == 6
-    dm = ImageNetShiftDataModule(root=str(root), num_images=4, crop_size=32, forward_model="none", data_dir=str(tmp_path))
+    dm = ImageNetShiftDataModule(
+        root=str(root), num_images=4, crop_size=32, forward_model="none", data_dir=str(tmp_path)
+    )
     dm.setup("test")
     assert [p.name for p in dm.paths] == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 5)]
     assert dm.test_set[0].fname.startswith("n00000000/")
@@ -309,7 +375,9 @@ def test_root_none_generates_once_in_the_data_dir_and_uses_the_real_loaders(tmp_
     monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "cache"))
     modules = [
         FastMRIDataModule(crop_size=16, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2),
-        LoDoPaBDataModule(crop_size=16, synthetic_size=20, synthetic_num=3, synthetic_samples_per_file=2, progress=False),
+        LoDoPaBDataModule(
+            crop_size=16, synthetic_size=20, synthetic_num=3, synthetic_samples_per_file=2, progress=False
+        ),
         ImageNetShiftDataModule(crop_size=16, synthetic_size=20, synthetic_num=4, num_images=3),
     ]
     for dm in modules:
@@ -321,7 +389,9 @@ def test_root_none_generates_once_in_the_data_dir_and_uses_the_real_loaders(tmp_
     again = FastMRIDataModule(crop_size=16, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2)
     again.prepare_data()
     again.setup("test")
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()} == stamp  # reused
+    assert {
+        p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()
+    } == stamp  # reused
     assert not list((tmp_path / "cache" / "synthetic").glob(".*tmp*"))  # no half-written leftovers
 
 
@@ -349,21 +419,42 @@ class _TinyModule(pl.LightningModule):
         return torch.nn.functional.mse_loss(self.conv(batch.input), batch.target)
 
     def validation_step(self, batch, _):
-        self.log("val_loss", torch.nn.functional.mse_loss(self.conv(batch.input), batch.target), batch_size=batch.input.shape[0])
+        self.log(
+            "val_loss",
+            torch.nn.functional.mse_loss(self.conv(batch.input), batch.target),
+            batch_size=batch.input.shape[0],
+        )
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+class _TinyTestModule(_TinyModule):
+    def test_step(self, batch, _):
+        self.log(
+            "test_loss",
+            torch.nn.functional.mse_loss(self.conv(batch.input), batch.target),
+            batch_size=batch.input.shape[0],
+        )
+
+
 def test_datamodules_run_under_a_lightning_trainer(knee, lodopab, imagenet, tmp_path):
     def trainer():
         return pl.Trainer(
-            fast_dev_run=True, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+            fast_dev_run=True,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
         )
 
     for dm in (knee_module(knee, tmp_path, batch_size=2), lodopab_module(lodopab, tmp_path, batch_size=2)):
         trainer().fit(_TinyModule(), datamodule=dm)
-    ood = ImageNetShiftDataModule(root=str(imagenet), num_images=4, crop_size=32, data_dir=str(tmp_path), batch_size=2)
+    ood = ImageNetShiftDataModule(
+        root=str(imagenet), num_images=4, crop_size=32, data_dir=str(tmp_path), batch_size=2
+    )
     assert trainer().validate(_TinyModule(), datamodule=ood)[0]["val_loss"] > 0
 
 
@@ -371,7 +462,10 @@ def test_constructors_are_driven_by_jsonargparse(tmp_path):
     from jsonargparse import ArgumentParser
 
     for cls, extra in (
-        (FastMRIDataModule, ["--dm.center_fractions=[0.04]", "--dm.accelerations=[8]", "--dm.acquisition=CORPDFS_FBK"]),
+        (
+            FastMRIDataModule,
+            ["--dm.center_fractions=[0.04]", "--dm.accelerations=[8]", "--dm.acquisition=CORPDFS_FBK"],
+        ),
         (LoDoPaBDataModule, ["--dm.fbp=torch"]),
         (ImageNetShiftDataModule, ["--dm.forward_model=ct", "--dm.num_images=10"]),
     ):

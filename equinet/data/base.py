@@ -28,7 +28,9 @@ class ReconDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Optional[Dataset], split: str, shuffle: bool) -> DataLoader:
         if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: no {split} set; call setup() first (Lightning does this for you)")
+            raise RuntimeError(
+                f"{type(self).__name__}: no {split} set; call setup() first (Lightning does this for you)"
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -1,8 +1,8 @@
 """``equinet data ...``: write synthetic datasets in the real formats, build the FBP cache, check a root.
 
-    equinet data synth --kind knee|lodopab|imagenet --out DIR [--num N] [--size S] ...
-    equinet data fbp-cache --root LODOPAB_DIR [--backend auto|astra|torch|skimage]
-    equinet data check --kind knee|lodopab|imagenet [--root DIR] [--crop-size C]
+equinet data synth --kind knee|lodopab|imagenet --out DIR [--num N] [--size S] ...
+equinet data fbp-cache --root LODOPAB_DIR [--backend auto|astra|torch|skimage]
+equinet data check --kind knee|lodopab|imagenet [--root DIR] [--crop-size C]
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ DEFAULT_NUM = {"knee": 8, "lodopab": 60, "imagenet": 64}
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="equinet data", description="Datasets in the real file formats (fastMRI, LoDoPaB-CT, ImageNet val).")
+    parser = argparse.ArgumentParser(
+        prog="equinet data",
+        description="Datasets in the real file formats (fastMRI, LoDoPaB-CT, ImageNet val).",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -36,28 +39,80 @@ def _parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--kind", required=True, choices=sorted(DEFAULT_SIZE), help="dataset format")
     synth.add_argument("--out", required=True, type=Path, help="output folder (created; must not hold files)")
-    synth.add_argument("--num", type=int, default=None, help="training volumes (knee, default 8), training samples (lodopab, default 60) or images (imagenet, default 64)")
-    synth.add_argument("--size", type=int, default=None, help="knee: reconstruction size (default 320, k-space 2S x 1.15S); lodopab: image size (default 362 = LoDoPaB geometry, 1000 angles x 513 bins); imagenet: shorter side (default 375)")
-    synth.add_argument("--num-val", type=int, default=None, help="validation volumes/samples (default max(2, N//4) knee, max(1, N//4) lodopab)")
-    synth.add_argument("--num-test", type=int, default=None, help="test volumes/samples (default: as --num-val)")
+    synth.add_argument(
+        "--num",
+        type=int,
+        default=None,
+        help="training volumes (knee, default 8), training samples (lodopab, default 60) or images (imagenet, default 64)",
+    )
+    synth.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="knee: reconstruction size (default 320, k-space 2S x 1.15S); lodopab: image size (default 362 = LoDoPaB geometry, 1000 angles x 513 bins); imagenet: shorter side (default 375)",
+    )
+    synth.add_argument(
+        "--num-val",
+        type=int,
+        default=None,
+        help="validation volumes/samples (default max(2, N//4) knee, max(1, N//4) lodopab)",
+    )
+    synth.add_argument(
+        "--num-test", type=int, default=None, help="test volumes/samples (default: as --num-val)"
+    )
     synth.add_argument("--slices", type=int, default=8, help="knee: slices per volume (default 8)")
-    synth.add_argument("--samples-per-file", type=int, default=128, help="lodopab: rows per file, the last file zero-padded (default 128 as LoDoPaB)")
-    synth.add_argument("--num-angles", type=int, default=None, help="lodopab: projection angles (default 1000 per 362 pixels)")
-    synth.add_argument("--layout", choices=("flat", "classes"), default="flat", help="imagenet: flat folder or class folders")
+    synth.add_argument(
+        "--samples-per-file",
+        type=int,
+        default=128,
+        help="lodopab: rows per file, the last file zero-padded (default 128 as LoDoPaB)",
+    )
+    synth.add_argument(
+        "--num-angles",
+        type=int,
+        default=None,
+        help="lodopab: projection angles (default 1000 per 362 pixels)",
+    )
+    synth.add_argument(
+        "--layout", choices=("flat", "classes"), default="flat", help="imagenet: flat folder or class folders"
+    )
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
 
-    cache = sub.add_parser("fbp-cache", help="precompute the LoDoPaB FBP cache (resumable)", description="Compute the FBP of every LoDoPaB observation once, next to the data (or --cache-dir); an interrupted run resumes.")
+    cache = sub.add_parser(
+        "fbp-cache",
+        help="precompute the LoDoPaB FBP cache (resumable)",
+        description="Compute the FBP of every LoDoPaB observation once, next to the data (or --cache-dir); an interrupted run resumes.",
+    )
     cache.add_argument("--root", required=True, type=Path, help="LoDoPaB folder")
-    cache.add_argument("--backend", default="auto", choices=("auto", "astra", "torch", "skimage"), help="FBP backend (auto: astra if it has CUDA, else torch)")
-    cache.add_argument("--device", default=None, help="torch device for the torch backend (default: cuda if available)")
+    cache.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "astra", "torch", "skimage"),
+        help="FBP backend (auto: astra if it has CUDA, else torch)",
+    )
+    cache.add_argument(
+        "--device", default=None, help="torch device for the torch backend (default: cuda if available)"
+    )
     cache.add_argument("--cache-dir", default=None, help="cache folder (default ROOT/fbp_cache)")
-    cache.add_argument("--parts", nargs="*", default=None, choices=("train", "validation", "test"), help="parts to cache (default all present)")
+    cache.add_argument(
+        "--parts",
+        nargs="*",
+        default=None,
+        choices=("train", "validation", "test"),
+        help="parts to cache (default all present)",
+    )
 
-    check = sub.add_parser("check", help="load a dataset through its DataModule and print what it holds", description="Set up a DataModule (root=None: the synthetic default) and print split sizes and one batch.")
+    check = sub.add_parser(
+        "check",
+        help="load a dataset through its DataModule and print what it holds",
+        description="Set up a DataModule (root=None: the synthetic default) and print split sizes and one batch.",
+    )
     check.add_argument("--kind", required=True, choices=sorted(DEFAULT_SIZE))
     check.add_argument("--root", default=None, help="dataset folder (default: the synthetic default)")
     check.add_argument("--crop-size", type=int, default=None, help="crop size (default: the DataModule's)")
-    check.add_argument("--forward-model", default="mri", choices=("mri", "ct", "none"), help="imagenet: forward model")
+    check.add_argument(
+        "--forward-model", default="mri", choices=("mri", "ct", "none"), help="imagenet: forward model"
+    )
     return parser
 
 
@@ -78,7 +133,16 @@ def synth(args: argparse.Namespace) -> Path:
         if kind == "knee":
             synthetic.write_knee_dataset(tmp, num, args.slices, size, args.num_val, args.num_test, args.seed)
         elif kind == "lodopab":
-            synthetic.write_lodopab_dataset(tmp, num, args.num_val, args.num_test, size, args.num_angles, args.samples_per_file, seed=args.seed)
+            synthetic.write_lodopab_dataset(
+                tmp,
+                num,
+                args.num_val,
+                args.num_test,
+                size,
+                args.num_angles,
+                args.samples_per_file,
+                seed=args.seed,
+            )
         else:
             synthetic.write_imagenet_folder(tmp, num, size, args.layout, args.seed)
     files = sum(1 for p in out.rglob("*") if p.is_file())
@@ -89,7 +153,9 @@ def synth(args: argparse.Namespace) -> Path:
 def fbp_cache(args: argparse.Namespace) -> None:
     from equinet.data.lodopab import LoDoPaBDataModule
 
-    module = LoDoPaBDataModule(root=str(args.root), fbp=args.backend, fbp_device=args.device, fbp_cache_dir=args.cache_dir)
+    module = LoDoPaBDataModule(
+        root=str(args.root), fbp=args.backend, fbp_device=args.device, fbp_cache_dir=args.cache_dir
+    )
     report = module.build_fbp_cache(parts=args.parts)
     print(report.summary())
 

@@ -86,7 +86,9 @@ def check_finite(array, what: str) -> None:
         t = torch.view_as_real(t)
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
-        raise DataFormatError(f"{what} contains {bad} NaN/inf values; the file is corrupt or was written incompletely")
+        raise DataFormatError(
+            f"{what} contains {bad} NaN/inf values; the file is corrupt or was written incompletely"
+        )
 
 
 def check_finite_rows(array: np.ndarray, what: str, first_row: int = 0) -> None:
@@ -95,7 +97,9 @@ def check_finite_rows(array: np.ndarray, what: str, first_row: int = 0) -> None:
     if not finite.all():
         rows = (np.flatnonzero(~finite) + first_row).tolist()
         count = int((~np.isfinite(array)).sum())
-        raise DataFormatError(f"{what} row(s) {rows} contain {count} NaN/inf values; the file is corrupt or was written incompletely")
+        raise DataFormatError(
+            f"{what} row(s) {rows} contain {count} NaN/inf values; the file is corrupt or was written incompletely"
+        )
 
 
 def describe_paths(paths: Sequence[PathLike], limit: int = 5) -> str:
@@ -156,7 +160,9 @@ def center_crop_2d(image: torch.Tensor, size: int, what: str) -> torch.Tensor:
     """Centre crop of the last two axes to ``size x size``; a clear error if the image is smaller."""
     h, w = image.shape[-2:]
     if h < size or w < size:
-        raise DataFormatError(f"{what}: image of size {h}x{w} is smaller than crop_size={size}; use a smaller crop_size")
+        raise DataFormatError(
+            f"{what}: image of size {h}x{w} is smaller than crop_size={size}; use a smaller crop_size"
+        )
     top, left = (h - size) // 2, (w - size) // 2
     return image[..., top : top + size, left : left + size]
 

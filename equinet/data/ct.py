@@ -13,14 +13,13 @@ Three FBP backends agree with each other (``tests/test_data_forward.py``): ``ast
 (astra-toolbox, optional; ``FBP_CUDA`` on a GPU), ``torch`` (a sparse backprojection matrix
 reused through the square's symmetries, or ``grid_sample``; any device) and ``skimage``
 (``iradon(filter_name="hann")``, the reference). ``auto`` picks astra when it has CUDA, else
-torch: on a CPU the torch backend measured ~12x faster than astra's CPU FBP and ~15x faster
+torch: on a CPU the torch backend measured 8-12x faster than astra's CPU FBP and ~15x faster
 than skimage at 362^2 x 1000 angles (``experiments/benchmarks/data_throughput.py``).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 MU_MAX = 81.35858  # 1/m: attenuation that maps to 1.0 in LoDoPaB ground truth
 PHOTONS_PER_PIXEL = 4096  # N0 of LoDoPaB's Poisson noise model
@@ -165,7 +162,9 @@ def ray_transform(
     return sino[0] if squeeze else sino
 
 
-def _ray_driven_projection(batch: torch.Tensor, geometry: ParallelBeamGeometry, oversample: int, angle_chunk: int) -> torch.Tensor:
+def _ray_driven_projection(
+    batch: torch.Tensor, geometry: ParallelBeamGeometry, oversample: int, angle_chunk: int
+) -> torch.Tensor:
     dtype, device = batch.dtype, batch.device
     step = geometry.pixel_size / oversample
     half_length = geometry.image_half_width * math.sqrt(2.0)
@@ -182,7 +181,9 @@ def _ray_driven_projection(batch: torch.Tensor, geometry: ParallelBeamGeometry, 
         cos, sin = th.cos()[:, None, None], th.sin()[:, None, None]
         px = s[None, :, None] * cos - t[None, None, :] * sin
         py = s[None, :, None] * sin + t[None, None, :] * cos
-        grid = torch.stack((py, px), dim=-1).reshape(1, len(th) * len(s), num_t, 2) / geometry.image_half_width
+        grid = (
+            torch.stack((py, px), dim=-1).reshape(1, len(th) * len(s), num_t, 2) / geometry.image_half_width
+        )
         values = F.grid_sample(channels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out.append(values.sum(-1).reshape(batch.shape[0], len(th), len(s)) * step)
     return torch.cat(out, dim=1)
@@ -206,7 +207,9 @@ def ellipse_sinogram(ellipses: np.ndarray, geometry: ParallelBeamGeometry) -> np
     return (2 * rho * a * b * np.sqrt(inside) / r2).sum(-1)
 
 
-def rasterize_ellipses(ellipses: np.ndarray, image_size: int, half_width: float = IMAGE_HALF_WIDTH, supersample: int = 4) -> np.ndarray:
+def rasterize_ellipses(
+    ellipses: np.ndarray, image_size: int, half_width: float = IMAGE_HALF_WIDTH, supersample: int = 4
+) -> np.ndarray:
     """Pixel averages (``supersample^2`` points per pixel) of a sum of ellipses, float64 ``(n, n)``;
     axis 0 is ``x``, axis 1 is ``y`` (the convention of :func:`ellipse_sinogram`)."""
     e = np.asarray(ellipses, dtype=np.float64).reshape(-1, 6)
@@ -276,11 +279,15 @@ def _padded_size(num_detectors: int) -> int:
     return max(64, int(2 ** math.ceil(math.log2(2 * num_detectors))))
 
 
-def filter_sinogram(sino: torch.Tensor, filter_name: str = "hann", frequency_scaling: float = 1.0) -> torch.Tensor:
+def filter_sinogram(
+    sino: torch.Tensor, filter_name: str = "hann", frequency_scaling: float = 1.0
+) -> torch.Tensor:
     """Apply the FBP filter along the detector axis (last) of ``(..., detectors)`` sinograms."""
     num_det = sino.shape[-1]
     size = _padded_size(num_det)
-    filt = torch.as_tensor(fourier_filter(size, filter_name, frequency_scaling), dtype=sino.dtype, device=sino.device)
+    filt = torch.as_tensor(
+        fourier_filter(size, filter_name, frequency_scaling), dtype=sino.dtype, device=sino.device
+    )
     spectrum = torch.fft.rfft(sino, n=size, dim=-1) * filt[: size // 2 + 1]
     return torch.fft.irfft(spectrum, n=size, dim=-1)[..., :num_det]
 
@@ -307,7 +314,9 @@ class SymmetricBackprojector:
             raise ValueError(f"SymmetricBackprojector needs a multiple of 4 angles, got {num_angles}")
         quarter = num_angles // 4
         xs = torch.as_tensor(geometry.pixel_centers(), dtype=torch.float64, device=device)
-        coords = torch.stack((xs[:, None].expand(n, n).reshape(-1), xs[None, :].expand(n, n).reshape(-1)), dim=1)
+        coords = torch.stack(
+            (xs[:, None].expand(n, n).reshape(-1), xs[None, :].expand(n, n).reshape(-1)), dim=1
+        )
         theta = geometry.angles(torch.float64, device)[:quarter]
         trig = torch.stack((theta.cos(), theta.sin())) / geometry.detector_spacing  # (2, q)
         first = (-geometry.detector_half_width + geometry.detector_spacing / 2) / geometry.detector_spacing
@@ -326,19 +335,30 @@ class SymmetricBackprojector:
             w1 = torch.where((lower >= -1) & (lower <= num_det - 2), frac, 0.0)
             values[:, a0:a1] = torch.stack((w0, w1), dim=-1)
             offset = (torch.arange(a0, a1, device=device) * num_det)[None, :]
-            cols[:, a0:a1] = torch.stack((lower.clamp(0, num_det - 1), (lower + 1).clamp(0, num_det - 1)), dim=-1) + offset[..., None]
+            cols[:, a0:a1] = (
+                torch.stack((lower.clamp(0, num_det - 1), (lower + 1).clamp(0, num_det - 1)), dim=-1)
+                + offset[..., None]
+            )
         crow = torch.arange(0, nnz + 1, 2 * quarter, device=device, dtype=index_dtype)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
             self.matrix = torch.sparse_csr_tensor(
-                crow, cols.reshape(-1), values.reshape(-1), size=(n * n, quarter * num_det), check_invariants=False
+                crow,
+                cols.reshape(-1),
+                values.reshape(-1),
+                size=(n * n, quarter * num_det),
+                check_invariants=False,
             )
         q = torch.arange(quarter, device=device)
         # (angles of this quarter, base-angle image -> this quarter's image, and its inverse)
         self.quarters = [
             (q, lambda img: img, lambda img: img),
             (num_angles - 1 - q, lambda img: img.flip(-2), lambda img: img.flip(-2)),
-            (num_angles // 2 + q, lambda img: img.transpose(-1, -2).flip(-2), lambda img: img.flip(-2).transpose(-1, -2)),
+            (
+                num_angles // 2 + q,
+                lambda img: img.transpose(-1, -2).flip(-2),
+                lambda img: img.flip(-2).transpose(-1, -2),
+            ),
             (num_angles // 2 - 1 - q, lambda img: img.transpose(-1, -2), lambda img: img.transpose(-1, -2)),
         ]
         self.image_size, self.num_angles, self.num_detectors = n, num_angles, num_det
@@ -380,7 +400,9 @@ def _sparse_applies(geometry: ParallelBeamGeometry, dtype: torch.dtype) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_backprojector(geometry: ParallelBeamGeometry, device: str, dtype: torch.dtype) -> SymmetricBackprojector:
+def _cached_backprojector(
+    geometry: ParallelBeamGeometry, device: str, dtype: torch.dtype
+) -> SymmetricBackprojector:
     return SymmetricBackprojector(geometry, torch.device(device), dtype)
 
 
@@ -389,12 +411,16 @@ def release_fbp_memory() -> None:
     _cached_backprojector.cache_clear()
 
 
-def _backproject_grid(filtered: torch.Tensor, geometry: ParallelBeamGeometry, angle_chunk: int) -> torch.Tensor:
+def _backproject_grid(
+    filtered: torch.Tensor, geometry: ParallelBeamGeometry, angle_chunk: int
+) -> torch.Tensor:
     """Back-projection with ``grid_sample``, a chunk of angles at a time (any geometry, no setup)."""
     dtype, device = filtered.dtype, filtered.device
     n = geometry.image_size
     xs = torch.as_tensor(geometry.pixel_centers(), dtype=dtype, device=device) / geometry.detector_half_width
-    coords = torch.stack((xs[:, None].expand(n, n).reshape(-1), xs[None, :].expand(n, n).reshape(-1)))  # (2, n^2)
+    coords = torch.stack(
+        (xs[:, None].expand(n, n).reshape(-1), xs[None, :].expand(n, n).reshape(-1))
+    )  # (2, n^2)
     theta = geometry.angles(dtype, device)
     trig = torch.stack((theta.cos(), theta.sin()), dim=1)  # (A, 2)
     channels = filtered[None]  # (1, B, A, D): the batch shares one sampling grid as channels
@@ -473,7 +499,9 @@ def fbp_skimage(
     s_grid = geometry.detector_positions()
     outs = []
     for sino in batch.detach().cpu().numpy().astype(np.float64):
-        resampled = np.stack([np.interp(s_needed[i], s_grid, sino[i], left=0.0, right=0.0) for i in range(len(theta))])
+        resampled = np.stack(
+            [np.interp(s_needed[i], s_grid, sino[i], left=0.0, right=0.0) for i in range(len(theta))]
+        )
         recon = iradon(
             resampled.T / h,
             theta=np.rad2deg(theta) - 90.0,
@@ -511,7 +539,9 @@ def fbp_astra(
     h = geometry.pixel_size
     theta = geometry.angles().numpy()
     vol_geom = astra.create_vol_geom(n, n)
-    proj_geom = astra.create_proj_geom("parallel", geometry.detector_spacing / h, geometry.num_detectors, ASTRA_ANGLE_SIGN * theta)
+    proj_geom = astra.create_proj_geom(
+        "parallel", geometry.detector_spacing / h, geometry.num_detectors, _ASTRA_ANGLE_SIGN * theta
+    )
     use_cuda = bool(astra.use_cuda())
     outs = []
     for sino in batch.detach().cpu().numpy().astype(np.float32):
@@ -535,7 +565,7 @@ def fbp_astra(
                 astra.algorithm.run(alg_id)
             finally:
                 astra.algorithm.delete(alg_id)
-            outs.append(ASTRA_OUTPUT_TRANSFORM(astra.data2d.get(rec_id)))
+            outs.append(_from_astra_image(astra.data2d.get(rec_id)))
         finally:
             astra.data2d.delete([sino_id, rec_id])
             if proj_id is not None:
@@ -544,11 +574,12 @@ def fbp_astra(
     return out[0] if squeeze else out
 
 
-# astra's volume rows run along our y and its angle turns the other way; pinned by a test.
-ASTRA_ANGLE_SIGN = -1.0
+# astra's volume rows run along our y and its angle turns the other way (pinned by
+# test_fbp_backends_agree): angles are negated and its image transposed.
+_ASTRA_ANGLE_SIGN = -1.0
 
 
-def ASTRA_OUTPUT_TRANSFORM(image: np.ndarray) -> np.ndarray:
+def _from_astra_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.T)
 
 
@@ -615,4 +646,6 @@ def fbp(
     ground truth in ``[0, 1]``. The torch backend runs on the sinograms' device.
     """
     name = resolve_fbp_backend(backend)
-    return FBP_IMPLEMENTATIONS[name](sinograms, geometry, filter_name=filter_name, frequency_scaling=frequency_scaling)
+    return FBP_IMPLEMENTATIONS[name](
+        sinograms, geometry, filter_name=filter_name, frequency_scaling=frequency_scaling
+    )

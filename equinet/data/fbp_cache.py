@@ -119,7 +119,9 @@ def build_cached_stack(
         except (OSError, KeyError):
             start = -1
         if start < 0:
-            log.warning("discarding unusable partial cache %s (different settings or corrupt); rebuilding", partial)
+            log.warning(
+                "discarding unusable partial cache %s (different settings or corrupt); rebuilding", partial
+            )
             partial.unlink()
             start = 0
         elif start:

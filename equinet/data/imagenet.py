@@ -50,7 +50,9 @@ def list_images(root: Path) -> List[Path]:
     files are skipped with one logged warning."""
     root = Path(root)
     if not root.is_dir():
-        raise DataFormatError(f"ImageNet root {root} does not exist; it should hold ILSVRC2012_val_*.JPEG files (flat or in class folders)")
+        raise DataFormatError(
+            f"ImageNet root {root} does not exist; it should hold ILSVRC2012_val_*.JPEG files (flat or in class folders)"
+        )
     images, stray = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -60,7 +62,13 @@ def list_images(root: Path) -> List[Path]:
                 continue
             (images if path.suffix.lower() in IMAGE_EXTENSIONS else stray).append(path)
     if stray:
-        log.warning("skipped %d files in %s that are not images (%s): %s", len(stray), root, "/".join(IMAGE_EXTENSIONS), describe_paths([p.relative_to(root) for p in stray]))
+        log.warning(
+            "skipped %d files in %s that are not images (%s): %s",
+            len(stray),
+            root,
+            "/".join(IMAGE_EXTENSIONS),
+            describe_paths([p.relative_to(root) for p in stray]),
+        )
     if not images:
         raise DataFormatError(f"{root} holds no images ({'/'.join(IMAGE_EXTENSIONS)} files)")
     return sorted(images, key=lambda p: (p.name, str(p.relative_to(root))))
@@ -91,11 +99,15 @@ def load_grayscale(path: Path, size: int, small_images: str = "error") -> np.nda
             else:
                 gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     except OSError as err:
-        raise DataFormatError(f"{path}: cannot decode the image ({err}); the file is truncated or corrupt") from None
+        raise DataFormatError(
+            f"{path}: cannot decode the image ({err}); the file is truncated or corrupt"
+        ) from None
     height, width = gray.shape
     if min(height, width) < size:
         if small_images != "resize":
-            raise DataFormatError(f"{path}: image of size {height}x{width} is smaller than the {size}x{size} crop")
+            raise DataFormatError(
+                f"{path}: image of size {height}x{width} is smaller than the {size}x{size} crop"
+            )
         scale = size / min(height, width)
         new = (max(size, round(width * scale)), max(size, round(height * scale)))
         gray = np.asarray(Image.fromarray(gray).resize(new, Image.Resampling.BICUBIC), dtype=np.float32)
@@ -234,13 +246,19 @@ class ImageNetShiftDataModule(ReconDataModule):
         self.num_images = num_images
         self.crop_size = crop_size
         self.forward_model = forward_model
-        self.mask_func = make_mask_func(mask_type, center_fractions, accelerations) if forward_model == "mri" else None
+        self.mask_func = (
+            make_mask_func(mask_type, center_fractions, accelerations) if forward_model == "mri" else None
+        )
         if ct_image_size is None:
             ct_image_size = max(crop_size, ct.LODOPAB_IMAGE_SIZE)
         if ct_image_size < crop_size:
             raise ValueError(f"ct_image_size={ct_image_size} is smaller than crop_size={crop_size}")
         self.source_size = ct_image_size if forward_model == "ct" else crop_size
-        self.geometry = ct.ParallelBeamGeometry.for_image_size(ct_image_size, ct_num_angles) if forward_model == "ct" else None
+        self.geometry = (
+            ct.ParallelBeamGeometry.for_image_size(ct_image_size, ct_num_angles)
+            if forward_model == "ct"
+            else None
+        )
         self.photons_per_pixel = photons_per_pixel
         self.fbp_backend = fbp
         self.fbp_device = fbp_device
@@ -251,13 +269,19 @@ class ImageNetShiftDataModule(ReconDataModule):
         self.data_dir = data_dir
         self.synthetic = dict(num_images=synthetic_num, size=synthetic_size)
         if root is None and synthetic_size < self.source_size:
-            raise ValueError(f"synthetic_size={synthetic_size} is smaller than the {self.source_size} pixels the {forward_model} forward model needs")
+            raise ValueError(
+                f"synthetic_size={synthetic_size} is smaller than the {self.source_size} pixels the {forward_model} forward model needs"
+            )
         self.paths: List[Path] = []
         self.cache_report: Optional[CacheReport] = None
 
     def synthetic_root(self) -> Path:
         s = self.synthetic
-        return data_dir(self.data_dir) / "synthetic" / f"imagenet-val-s{s['size']}-n{s['num_images']}-{stable_hash('imagenet', s, 'v1')}"
+        return (
+            data_dir(self.data_dir)
+            / "synthetic"
+            / f"imagenet-val-s{s['size']}-n{s['num_images']}-{stable_hash('imagenet', s, 'v1')}"
+        )
 
     def resolved_root(self) -> Path:
         return self.root if self.root is not None else self.synthetic_root()
@@ -265,7 +289,11 @@ class ImageNetShiftDataModule(ReconDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic default (if ``root=None``) and, for ``ct``, the FBP cache."""
         if self.root is None:
-            ensure_dataset(self.synthetic_root(), lambda out: write_imagenet_folder(out, **self.synthetic), "ImageNet val")
+            ensure_dataset(
+                self.synthetic_root(),
+                lambda out: write_imagenet_folder(out, **self.synthetic),
+                "ImageNet val",
+            )
         if self.forward_model == "ct":
             self.build_fbp_cache(self.select_images())
 
@@ -287,7 +315,14 @@ class ImageNetShiftDataModule(ReconDataModule):
                 continue
             chosen.append(path)
         if small:
-            log.warning("skipped %d images smaller than %dx%d in %s: %s", len(small), self.source_size, self.source_size, root, describe_paths(small))
+            log.warning(
+                "skipped %d images smaller than %dx%d in %s: %s",
+                len(small),
+                self.source_size,
+                self.source_size,
+                root,
+                describe_paths(small),
+            )
         if not chosen:
             raise DataFormatError(f"{root}: no image is at least {self.source_size}x{self.source_size}")
         if self.num_images is not None and len(chosen) < self.num_images:
@@ -299,7 +334,15 @@ class ImageNetShiftDataModule(ReconDataModule):
         root = self.resolved_root()
         entries = [(p.relative_to(root).as_posix(), p.stat().st_size) for p in paths]
         assert self.geometry is not None
-        key = stable_hash(entries, self.geometry.__dict__, self.photons_per_pixel, self.seed, self.small_images, backend, "v1")
+        key = stable_hash(
+            entries,
+            self.geometry.__dict__,
+            self.photons_per_pixel,
+            self.seed,
+            self.small_images,
+            backend,
+            "v1",
+        )
         return data_dir(self.data_dir) / "fbp_cache" / f"imagenet-ct-{len(paths)}-{key}.hdf5"
 
     def build_fbp_cache(self, paths: List[Path]) -> CacheReport:
@@ -307,7 +350,11 @@ class ImageNetShiftDataModule(ReconDataModule):
         geometry = self.geometry
         assert geometry is not None
         backend = ct.resolve_fbp_backend(self.fbp_backend)
-        device = torch.device(self.fbp_device) if self.fbp_device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = (
+            torch.device(self.fbp_device)
+            if self.fbp_device
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         dataset = self._dataset(paths, None)
         root = self.resolved_root()
 
@@ -317,7 +364,11 @@ class ImageNetShiftDataModule(ReconDataModule):
             noisy = torch.stack(
                 [
                     ct.simulate_observation(
-                        s.cpu(), self.photons_per_pixel, generator=torch.Generator().manual_seed(stable_seed("imagenet-ct", self.seed, paths[i + r].relative_to(root).as_posix()))
+                        s.cpu(),
+                        self.photons_per_pixel,
+                        generator=torch.Generator().manual_seed(
+                            stable_seed("imagenet-ct", self.seed, paths[i + r].relative_to(root).as_posix())
+                        ),
                     )
                     for r, s in enumerate(sinos)
                 ]
@@ -327,11 +378,29 @@ class ImageNetShiftDataModule(ReconDataModule):
             return ct.fbp(noisy, geometry, backend).cpu().numpy()
 
         path = self.cache_path(paths, backend)
-        key = {"num_images": len(paths), "geometry": geometry.describe(), "fbp_backend": backend, "photons_per_pixel": float(self.photons_per_pixel)}
+        key = {
+            "num_images": len(paths),
+            "geometry": geometry.describe(),
+            "fbp_backend": backend,
+            "photons_per_pixel": float(self.photons_per_pixel),
+        }
         try:
-            with tqdm(total=len(paths), desc=f"ImageNet CT cache ({backend})", unit="img", disable=not self.progress, leave=False) as bar:
+            with tqdm(
+                total=len(paths),
+                desc=f"ImageNet CT cache ({backend})",
+                unit="img",
+                disable=not self.progress,
+                leave=False,
+            ) as bar:
                 report = build_cached_stack(
-                    path, len(paths), (geometry.image_size, geometry.image_size), compute, key, backend, chunk=8 if backend == "torch" else 1, progress=bar.update
+                    path,
+                    len(paths),
+                    (geometry.image_size, geometry.image_size),
+                    compute,
+                    key,
+                    backend,
+                    chunk=8 if backend == "torch" else 1,
+                    progress=bar.update,
                 )
         finally:
             ct.release_fbp_memory()
@@ -341,12 +410,24 @@ class ImageNetShiftDataModule(ReconDataModule):
 
     def _dataset(self, paths: List[Path], fbp_cache: Optional[Path]) -> ImageNetShiftDataset:
         return ImageNetShiftDataset(
-            self.resolved_root(), paths, self.crop_size, self.forward_model, self.source_size, self.small_images, self.mask_func, fbp_cache, self.normalize
+            self.resolved_root(),
+            paths,
+            self.crop_size,
+            self.forward_model,
+            self.source_size,
+            self.small_images,
+            self.mask_func,
+            fbp_cache,
+            self.normalize,
         )
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.root is None:
-            ensure_dataset(self.synthetic_root(), lambda out: write_imagenet_folder(out, **self.synthetic), "ImageNet val")
+            ensure_dataset(
+                self.synthetic_root(),
+                lambda out: write_imagenet_folder(out, **self.synthetic),
+                "ImageNet val",
+            )
         self.paths = self.select_images()
         cache = None
         if self.forward_model == "ct":
@@ -354,7 +435,12 @@ class ImageNetShiftDataModule(ReconDataModule):
             cache = self.cache_path(self.paths, report.backend)
         dataset = self._dataset(self.paths, cache)
         self.val_set = self.test_set = dataset
-        log.info("ImageNet shift test: %d images from %s (forward model %s)", len(dataset), self.resolved_root(), self.forward_model)
+        log.info(
+            "ImageNet shift test: %d images from %s (forward model %s)",
+            len(dataset),
+            self.resolved_root(),
+            self.forward_model,
+        )
 
     def train_dataloader(self):
         raise RuntimeError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as etree
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -22,6 +22,7 @@ from equinet.data.base import ReconDataModule
 from equinet.data.common import DataFormatError, data_dir, describe_paths, ensure_dataset, log, stable_hash
 from equinet.data.mri import MriSliceTransform, make_mask_func
 from equinet.data.synthetic import KNEE_ACQUISITIONS, write_knee_dataset
+
 
 class CheckedSliceDataset(SliceDataset):
     """fastmri's ``SliceDataset`` that skips stray entries (counted) and validates each file."""
@@ -58,8 +59,14 @@ class CheckedSliceDataset(SliceDataset):
         with handle as hf:
             for key in ("kspace", "ismrmrd_header", self._recons_key):
                 if key not in hf:
-                    hint = " (the fastMRI challenge test set has no targets; use test_split='val')" if key == self._recons_key else ""
-                    raise DataFormatError(f"{fname}: missing dataset {key!r}{hint}; found keys {sorted(hf.keys())}")
+                    hint = (
+                        " (the fastMRI challenge test set has no targets; use test_split='val')"
+                        if key == self._recons_key
+                        else ""
+                    )
+                    raise DataFormatError(
+                        f"{fname}: missing dataset {key!r}{hint}; found keys {sorted(hf.keys())}"
+                    )
             kspace, target = hf["kspace"], hf[self._recons_key]
             expected_ndim = 3 if self._challenge == "singlecoil" else 4
             if kspace.ndim != expected_ndim or kspace.dtype.kind != "c":
@@ -141,7 +148,9 @@ class FastMRIDataModule(ReconDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if challenge != "singlecoil":
-            raise ValueError(f"challenge={challenge!r} is not supported; FastMRIDataModule reads single-coil data only")
+            raise ValueError(
+                f"challenge={challenge!r} is not supported; FastMRIDataModule reads single-coil data only"
+            )
         if acquisition is not None and acquisition not in KNEE_ACQUISITIONS:
             raise ValueError(f"acquisition must be None or one of {KNEE_ACQUISITIONS}, got {acquisition!r}")
         if sample_rate is not None and not 0 < sample_rate <= 1:
@@ -169,7 +178,11 @@ class FastMRIDataModule(ReconDataModule):
     def synthetic_root(self) -> Path:
         key = stable_hash("knee", self.synthetic, "v1")
         s = self.synthetic
-        return data_dir(self.data_dir) / "synthetic" / f"fastmri-knee-s{s['size']}-{s['num_volumes']}x{s['num_slices']}-{key}"
+        return (
+            data_dir(self.data_dir)
+            / "synthetic"
+            / f"fastmri-knee-s{s['size']}-{s['num_volumes']}x{s['num_slices']}-{key}"
+        )
 
     def resolved_root(self) -> Path:
         return self.root if self.root is not None else self.synthetic_root()
@@ -177,13 +190,17 @@ class FastMRIDataModule(ReconDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic default once (Lightning calls this on one process only)."""
         if self.root is None:
-            ensure_dataset(self.synthetic_root(), lambda out: write_knee_dataset(out, **self.synthetic), "fastMRI knee")
+            ensure_dataset(
+                self.synthetic_root(), lambda out: write_knee_dataset(out, **self.synthetic), "fastMRI knee"
+            )
 
     # -- datasets ------------------------------------------------------------------------------
     def split_folder(self, split: str) -> Path:
         root = self.resolved_root()
         if split == "test":
-            if self.test_split == "val" or (self.test_split == "auto" and not (root / f"{self.challenge}_test").is_dir()):
+            if self.test_split == "val" or (
+                self.test_split == "auto" and not (root / f"{self.challenge}_test").is_dir()
+            ):
                 split = "val"
         return root / f"{self.challenge}_{split}"
 
@@ -191,10 +208,14 @@ class FastMRIDataModule(ReconDataModule):
         """The checked, filtered, subsampled ``SliceDataset`` of one split."""
         root = self.resolved_root()
         if not root.is_dir():
-            raise DataFormatError(f"fastMRI root {root} does not exist; it should hold {self.challenge}_train/ and {self.challenge}_val/")
+            raise DataFormatError(
+                f"fastMRI root {root} does not exist; it should hold {self.challenge}_train/ and {self.challenge}_val/"
+            )
         folder = self.split_folder(split)
         if not folder.is_dir():
-            raise DataFormatError(f"{folder} does not exist; a fastMRI root holds {self.challenge}_train/, {self.challenge}_val/ (and optionally {self.challenge}_test/)")
+            raise DataFormatError(
+                f"{folder} does not exist; a fastMRI root holds {self.challenge}_train/, {self.challenge}_val/ (and optionally {self.challenge}_test/)"
+            )
         transform = MriSliceTransform(self.mask_func, self.crop_size, deterministic=split != "train")
         cache_file = data_dir(self.data_dir) / "fastmri_dataset_cache.pkl"
         if self.use_dataset_cache:
@@ -208,7 +229,10 @@ class FastMRIDataModule(ReconDataModule):
             dataset_cache_file=cache_file,
         )
         if not dataset.raw_samples:
-            raise DataFormatError(f"{folder} holds no fastMRI .h5 volumes" + (f" (skipped: {describe_paths(dataset.skipped)})" if dataset.skipped else ""))
+            raise DataFormatError(
+                f"{folder} holds no fastMRI .h5 volumes"
+                + (f" (skipped: {describe_paths(dataset.skipped)})" if dataset.skipped else "")
+            )
         samples = dataset.raw_samples
         if self.acquisition is not None:
             samples = [s for s in samples if s.metadata.get("acquisition") == self.acquisition]
@@ -221,7 +245,13 @@ class FastMRIDataModule(ReconDataModule):
             keep = set(rng.choice(volumes, size=keep_count, replace=False).tolist())
             samples = [s for s in samples if s.fname.name in keep]
         dataset.raw_samples = samples
-        log.info("fastMRI %s: %d slices from %d volumes in %s", split, len(samples), len({s.fname for s in samples}), folder)
+        log.info(
+            "fastMRI %s: %d slices from %d volumes in %s",
+            split,
+            len(samples),
+            len({s.fname for s in samples}),
+            folder,
+        )
         return dataset
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -233,8 +263,3 @@ class FastMRIDataModule(ReconDataModule):
             self.val_set = self.make_dataset("val")
         if stage in (None, "test", "predict"):
             self.test_set = self.make_dataset("test")
-
-    def volume_counts(self) -> Dict[str, int]:
-        """Number of slices per split (after setup)."""
-        return {k: len(v) for k, v in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)) if v is not None}
-

@@ -87,15 +87,21 @@ def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise DataFormatError(f"{path}: cannot be read as HDF5 ({err}); the file is truncated or corrupt - re-download or remove it") from None
+        raise DataFormatError(
+            f"{path}: cannot be read as HDF5 ({err}); the file is truncated or corrupt - re-download or remove it"
+        ) from None
 
 
 def _dataset(handle: h5py.File, path: Path) -> h5py.Dataset:
     if "data" not in handle:
-        raise DataFormatError(f"{path}: missing dataset 'data' (LoDoPaB files store their samples under 'data'); found keys {sorted(handle.keys())}")
+        raise DataFormatError(
+            f"{path}: missing dataset 'data' (LoDoPaB files store their samples under 'data'); found keys {sorted(handle.keys())}"
+        )
     data = handle["data"]
     if data.ndim != 3 or data.dtype.kind != "f":
-        raise DataFormatError(f"{path}: 'data' must be a float (samples, H, W) array, got {data.dtype} {data.shape}")
+        raise DataFormatError(
+            f"{path}: 'data' must be a float (samples, H, W) array, got {data.dtype} {data.shape}"
+        )
     return data
 
 
@@ -103,7 +109,9 @@ def scan_lodopab(root: Path) -> LoDoPaBLayout:
     """Find, pair and check the files of a LoDoPaB root (headers only; cheap)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataFormatError(f"LoDoPaB root {root} does not exist; it should hold ground_truth_{{train,validation,test}}_NNN.hdf5 and observation_..._NNN.hdf5")
+        raise DataFormatError(
+            f"LoDoPaB root {root} does not exist; it should hold ground_truth_{{train,validation,test}}_NNN.hdf5 and observation_..._NNN.hdf5"
+        )
     manifest_path = root / LODOPAB_MANIFEST
     if manifest_path.is_file():
         try:
@@ -111,7 +119,9 @@ def scan_lodopab(root: Path) -> LoDoPaBLayout:
             totals = {part: int(manifest["num_samples"][part]) for part in LODOPAB_NUM_SAMPLES}
             samples_per_file = int(manifest["samples_per_file"])
         except (ValueError, KeyError, TypeError) as err:
-            raise DataFormatError(f"{manifest_path}: unreadable manifest ({err!r}); it needs samples_per_file and num_samples per part") from None
+            raise DataFormatError(
+                f"{manifest_path}: unreadable manifest ({err!r}); it needs samples_per_file and num_samples per part"
+            ) from None
         synthetic = True
     else:
         totals, samples_per_file, synthetic = dict(LODOPAB_NUM_SAMPLES), LODOPAB_SAMPLES_PER_FILE, False
@@ -125,9 +135,13 @@ def scan_lodopab(root: Path) -> LoDoPaBLayout:
         elif entry.name not in (LODOPAB_MANIFEST, CACHE_FOLDER) and not entry.name.startswith("."):
             stray.append(entry.name)
     if stray:
-        log.warning("skipped %d entries in %s that are not LoDoPaB files: %s", len(stray), root, describe_paths(stray))
+        log.warning(
+            "skipped %d entries in %s that are not LoDoPaB files: %s", len(stray), root, describe_paths(stray)
+        )
     if not found:
-        raise DataFormatError(f"{root} holds no LoDoPaB files (ground_truth_<part>_NNN.hdf5 / observation_<part>_NNN.hdf5)")
+        raise DataFormatError(
+            f"{root} holds no LoDoPaB files (ground_truth_<part>_NNN.hdf5 / observation_<part>_NNN.hdf5)"
+        )
     files: Dict[str, List[LoDoPaBFile]] = {part: [] for part in LODOPAB_NUM_SAMPLES}
     shapes = None
     for part in LODOPAB_NUM_SAMPLES:
@@ -138,14 +152,20 @@ def scan_lodopab(root: Path) -> LoDoPaBLayout:
         beyond = []
         for index, gt_path in sorted(truths.items()):
             if index not in observations:
-                raise DataFormatError(f"{gt_path}: its observation file observation_{part}_{index:03d}.hdf5 is missing from {root}")
+                raise DataFormatError(
+                    f"{gt_path}: its observation file observation_{part}_{index:03d}.hdf5 is missing from {root}"
+                )
             obs_path = observations[index]
             with _open(gt_path) as g, _open(obs_path) as o:
                 gt, obs = _dataset(g, gt_path), _dataset(o, obs_path)
                 if gt.shape[1] != gt.shape[2]:
-                    raise DataFormatError(f"{gt_path}: ground-truth images must be square, got shape {gt.shape}")
+                    raise DataFormatError(
+                        f"{gt_path}: ground-truth images must be square, got shape {gt.shape}"
+                    )
                 if gt.shape[0] != obs.shape[0]:
-                    raise DataFormatError(f"{gt_path} has {gt.shape[0]} rows but {obs_path} has {obs.shape[0]}; the pair must match")
+                    raise DataFormatError(
+                        f"{gt_path} has {gt.shape[0]} rows but {obs_path} has {obs.shape[0]}; the pair must match"
+                    )
                 if gt.shape[0] != samples_per_file:
                     raise DataFormatError(
                         f"{gt_path}: {gt.shape[0]} rows, expected {samples_per_file} per file (the last file is zero-padded "
@@ -155,14 +175,22 @@ def scan_lodopab(root: Path) -> LoDoPaBLayout:
             if shapes is None:
                 shapes = file_shapes
             elif file_shapes != shapes:
-                raise DataFormatError(f"{gt_path}/{obs_path}: shapes {file_shapes} differ from the other files' {shapes}")
+                raise DataFormatError(
+                    f"{gt_path}/{obs_path}: shapes {file_shapes} differ from the other files' {shapes}"
+                )
             num_valid = valid_rows(totals[part], samples_per_file, index)
             if num_valid == 0:
                 beyond.append(gt_path.name)
                 continue
             files[part].append(LoDoPaBFile(part, index, gt_path, obs_path, num_valid))
         if beyond:
-            log.warning("ignored %d %s files beyond the %d samples of that part: %s", len(beyond), part, totals[part], describe_paths(beyond))
+            log.warning(
+                "ignored %d %s files beyond the %d samples of that part: %s",
+                len(beyond),
+                part,
+                totals[part],
+                describe_paths(beyond),
+            )
         expected_files = math.ceil(totals[part] / samples_per_file)
         if files[part] and len(files[part]) < expected_files:
             log.info("LoDoPaB %s: using %d of %d files", part, len(files[part]), expected_files)
@@ -200,7 +228,9 @@ class LoDoPaBDataset(Dataset):
     is 0; ``max_value`` is the ground truth's ``max - min`` (its data range, as LoDoPaB's PSNR).
     """
 
-    def __init__(self, files: List[LoDoPaBFile], fbp_files: List[Path], crop_size: int, normalize: bool = True) -> None:
+    def __init__(
+        self, files: List[LoDoPaBFile], fbp_files: List[Path], crop_size: int, normalize: bool = True
+    ) -> None:
         if len(files) != len(fbp_files):
             raise ValueError("one FBP cache file per LoDoPaB file is needed")
         self.files, self.fbp_files = files, fbp_files
@@ -229,7 +259,15 @@ class LoDoPaBDataset(Dataset):
         target = center_crop_2d(target, self.crop_size, str(info.ground_truth))
         image = center_crop_2d(image, self.crop_size, str(self.fbp_files[k]))
         image, target, mean, std = normalize_pair(image, target, self.normalize)
-        return make_sample(image, target, mean, std, data_range if data_range > 0 else 1.0, f"{info.ground_truth.stem}:{row}", 0)
+        return make_sample(
+            image,
+            target,
+            mean,
+            std,
+            data_range if data_range > 0 else 1.0,
+            f"{info.ground_truth.stem}:{row}",
+            0,
+        )
 
 
 class LoDoPaBDataModule(ReconDataModule):
@@ -297,7 +335,9 @@ class LoDoPaBDataModule(ReconDataModule):
         self.normalize = normalize
         self.progress = progress
         self.data_dir = data_dir
-        self.synthetic = dict(num_train=synthetic_num, size=synthetic_size, samples_per_file=synthetic_samples_per_file)
+        self.synthetic = dict(
+            num_train=synthetic_num, size=synthetic_size, samples_per_file=synthetic_samples_per_file
+        )
         self.layout: Optional[LoDoPaBLayout] = None
         self.cache_report: Optional[CacheReport] = None
 
@@ -329,17 +369,38 @@ class LoDoPaBDataModule(ReconDataModule):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # -- preparation ---------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        """Generate the synthetic default (if ``root=None``) and build the FBP cache, once."""
-        if self.root is None:
-            ensure_dataset(self.synthetic_root(), lambda out: write_lodopab_dataset(out, **self.synthetic), "LoDoPaB-CT")
-        self.build_fbp_cache()
+    def _parts_for(self, stage: Optional[str]) -> Optional[List[str]]:
+        """LoDoPaB parts a stage reads (``None``: all), so ``trainer.test`` does not FBP the 35820
+        training samples first."""
+        if stage is None and self.trainer is not None and self.trainer.state.fn is not None:
+            stage = str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn))
+        parts = {
+            "fit": ["train", "validation"],
+            "validate": ["validation"],
+            "test": ["test"],
+            "predict": ["test"],
+        }
+        return parts.get(stage) if stage else None
 
-    def build_fbp_cache(self, parts: Optional[List[str]] = None, layout: Optional[LoDoPaBLayout] = None) -> CacheReport:
+    def prepare_data(self) -> None:
+        """Generate the synthetic default (if ``root=None``) and build the FBP cache of the parts
+        the running Trainer stage needs (all parts when used without a Trainer), once."""
+        if self.root is None:
+            ensure_dataset(
+                self.synthetic_root(), lambda out: write_lodopab_dataset(out, **self.synthetic), "LoDoPaB-CT"
+            )
+        layout = scan_lodopab(self.resolved_root())
+        parts = self._parts_for(None)
+        self.build_fbp_cache([p for p in parts if layout.files[p]] if parts else None, layout=layout)
+
+    def build_fbp_cache(
+        self, parts: Optional[List[str]] = None, layout: Optional[LoDoPaBLayout] = None
+    ) -> CacheReport:
         """FBP every real observation row into the cache (resumable); report time and backend."""
         layout = self.layout = layout or scan_lodopab(self.resolved_root())
         backend = ct.resolve_fbp_backend(self.fbp_backend)
-        parts = parts or [p for p in LODOPAB_NUM_SAMPLES if layout.files[p]]
+        if parts is None:
+            parts = [p for p in LODOPAB_NUM_SAMPLES if layout.files[p]]
         files = [f for p in parts for f in layout.files[p]]
         folder = self.cache_folder(backend)
         geometry = layout.geometry
@@ -347,7 +408,9 @@ class LoDoPaBDataModule(ReconDataModule):
         chunk = 8 if backend == "torch" else 1
         report = CacheReport(backend=backend)
         total = sum(f.num_valid for f in files)
-        bar = tqdm(total=total, desc=f"FBP cache ({backend})", unit="img", disable=not self.progress, leave=False)
+        bar = tqdm(
+            total=total, desc=f"FBP cache ({backend})", unit="img", disable=not self.progress, leave=False
+        )
         try:
             for info in files:
                 stat = info.observation.stat()
@@ -395,14 +458,18 @@ class LoDoPaBDataModule(ReconDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.root is None:
-            ensure_dataset(self.synthetic_root(), lambda out: write_lodopab_dataset(out, **self.synthetic), "LoDoPaB-CT")
+            ensure_dataset(
+                self.synthetic_root(), lambda out: write_lodopab_dataset(out, **self.synthetic), "LoDoPaB-CT"
+            )
         layout = scan_lodopab(self.resolved_root())
         size = layout.geometry.image_size
         if self.crop_size > size:
             raise DataFormatError(
                 f"crop_size={self.crop_size} exceeds the {size}x{size} images in {layout.root}; use crop_size <= {size}"
             )
-        self.build_fbp_cache(layout=layout)  # reuses the cache prepare_data built (rank 0 under DDP)
+        parts = self._parts_for(stage)
+        # reuses what prepare_data built (rank 0 under DDP); a missing part is an error below
+        self.build_fbp_cache([p for p in parts if layout.files[p]] if parts else None, layout=layout)
         if stage in (None, "fit"):
             self.train_set = self.make_dataset("train")
         if stage in (None, "fit", "validate"):
@@ -415,8 +482,12 @@ class LoDoPaBDataModule(ReconDataModule):
         part = SPLIT_TO_PART[split]
         files = self.layout.files[part]
         if not files:
-            raise DataFormatError(f"{self.layout.root}: no ground_truth_{part}_NNN.hdf5 files for the {split} split")
+            raise DataFormatError(
+                f"{self.layout.root}: no ground_truth_{part}_NNN.hdf5 files for the {split} split"
+            )
         folder = self.cache_folder(self.cache_report.backend)
-        dataset = LoDoPaBDataset(files, [folder / f"{f.observation.stem}.hdf5" for f in files], self.crop_size, self.normalize)
+        dataset = LoDoPaBDataset(
+            files, [folder / f"{f.observation.stem}.hdf5" for f in files], self.crop_size, self.normalize
+        )
         log.info("LoDoPaB %s: %d samples from %d files", split, len(dataset), len(files))
         return dataset

@@ -36,7 +36,9 @@ def make_mask_func(
             f"center_fractions {center_fractions} and accelerations {accelerations} must be non-empty and of equal length"
         )
     if any(not 0 < c < 1 for c in center_fractions) or any(a < 1 for a in accelerations):
-        raise ValueError(f"need 0 < center_fraction < 1 and acceleration >= 1, got {center_fractions}, {accelerations}")
+        raise ValueError(
+            f"need 0 < center_fraction < 1 and acceleration >= 1, got {center_fractions}, {accelerations}"
+        )
     return create_mask_for_mask_type(mask_type, center_fractions, accelerations)
 
 
@@ -112,12 +114,16 @@ class MriSliceTransform:
         if target is None:
             raise DataFormatError(f"{where}: no target (reconstruction_esc) in the file")
         if kspace.ndim != 2 or not np.iscomplexobj(kspace):
-            raise DataFormatError(f"{where}: kspace must be a complex (rows, cols) slice, got {kspace.dtype} {kspace.shape}")
+            raise DataFormatError(
+                f"{where}: kspace must be a complex (rows, cols) slice, got {kspace.dtype} {kspace.shape}"
+            )
         check_finite(kspace, f"{where}: kspace")
         check_finite(target, f"{where}: reconstruction_esc")
         crop = (self.crop_size, self.crop_size)
         if min(kspace.shape) < self.crop_size:
-            raise DataFormatError(f"{where}: kspace {kspace.shape} is smaller than crop_size={self.crop_size}")
+            raise DataFormatError(
+                f"{where}: kspace {kspace.shape} is smaller than crop_size={self.crop_size}"
+            )
         if self.deterministic:
             seed = file_seed(fname)
         else:

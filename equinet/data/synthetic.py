@@ -79,7 +79,9 @@ def natural_image_rgb(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3].astype(np.uint8))
 
 
-def shepp_logan_variant(rng: np.random.Generator, half_width: float = ct.IMAGE_HALF_WIDTH, perturb: float = 1.0) -> np.ndarray:
+def shepp_logan_variant(
+    rng: np.random.Generator, half_width: float = ct.IMAGE_HALF_WIDTH, perturb: float = 1.0
+) -> np.ndarray:
     """Ellipses ``(E, 6)`` (value, a, b, x0, y0, phi[rad]; metres) of a perturbed modified
     Shepp-Logan phantom filling ~85% of ``[-half_width, half_width]^2``; ``perturb=0`` is the
     original. Values stay in [0, 1]."""
@@ -111,15 +113,42 @@ def random_body_ellipses(rng: np.random.Generator, half_width: float = ct.IMAGE_
         ellipses.append([body, a, b, cx, cy, phi])
         for side in (-1, 1)[: int(rng.integers(0, 3))]:
             la, lb = rng.uniform(0.25, 0.4) * a, rng.uniform(0.3, 0.55) * b
-            ellipses.append([-body + rng.uniform(0.01, 0.05), la, lb, cx + side * 0.45 * a, cy + rng.uniform(-0.1, 0.1) * b, rng.uniform(-0.4, 0.4)])
+            ellipses.append(
+                [
+                    -body + rng.uniform(0.01, 0.05),
+                    la,
+                    lb,
+                    cx + side * 0.45 * a,
+                    cy + rng.uniform(-0.1, 0.1) * b,
+                    rng.uniform(-0.4, 0.4),
+                ]
+            )
         for _ in range(int(rng.integers(1, 5))):
             r = rng.uniform(0.04, 0.12) * a
             ang, rad = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.75)
-            ellipses.append([rng.uniform(0.3, 0.65), r, r * rng.uniform(0.5, 1.0), cx + rad * a * np.cos(ang), cy + rad * b * np.sin(ang), rng.uniform(0, np.pi)])
+            ellipses.append(
+                [
+                    rng.uniform(0.3, 0.65),
+                    r,
+                    r * rng.uniform(0.5, 1.0),
+                    cx + rad * a * np.cos(ang),
+                    cy + rad * b * np.sin(ang),
+                    rng.uniform(0, np.pi),
+                ]
+            )
         for _ in range(int(rng.integers(2, 8))):
             r = rng.uniform(0.02, 0.08) * a
             ang, rad = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.8)
-            ellipses.append([rng.uniform(-0.06, 0.08), r, r * rng.uniform(0.4, 1.0), cx + rad * a * np.cos(ang), cy + rad * b * np.sin(ang), rng.uniform(0, np.pi)])
+            ellipses.append(
+                [
+                    rng.uniform(-0.06, 0.08),
+                    r,
+                    r * rng.uniform(0.4, 1.0),
+                    cx + rad * a * np.cos(ang),
+                    cy + rad * b * np.sin(ang),
+                    rng.uniform(0, np.pi),
+                ]
+            )
         e = np.array(ellipses)
         check = ct.rasterize_ellipses(e, 96, half_width, supersample=2)
         if check.min() >= 0.0 and check.max() <= 1.0:
@@ -137,7 +166,9 @@ def _ellipsoid_slice(e3: np.ndarray, z: float) -> np.ndarray:
     return np.array(rows).reshape(-1, 6)
 
 
-def _smooth_field(rng: np.random.Generator, shape: Tuple[int, int], scale: float, cutoff: int = 6) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, shape: Tuple[int, int], scale: float, cutoff: int = 6
+) -> np.ndarray:
     """Low-frequency random field (a few Fourier modes), zero mean, max |value| ~ ``scale``."""
     spectrum = np.zeros(shape, dtype=np.complex128)
     k = rng.normal(size=(cutoff, cutoff)) + 1j * rng.normal(size=(cutoff, cutoff))
@@ -178,7 +209,11 @@ def knee_volume_images(rng: np.random.Generator, size: int, num_slices: int, sou
     centre = np.array([size / 2, size / 2])
     out = []
     for z in zs:
-        tf = AffineTransform(translation=-centre) + AffineTransform(scale=1 + 0.08 * z, rotation=0.05 * z) + AffineTransform(translation=centre)
+        tf = (
+            AffineTransform(translation=-centre)
+            + AffineTransform(scale=1 + 0.08 * z, rotation=0.05 * z)
+            + AffineTransform(translation=centre)
+        )
         out.append(warp(base, tf.inverse, mode="constant", cval=0.0))
     images = np.clip(np.stack(out), 0.0, None)
     return images / max(images.max(), 1e-12)
@@ -194,7 +229,9 @@ def knee_kspace_width(size: int) -> int:
     return 2 * int(round(size * 368 / 320 / 2))
 
 
-def ismrmrd_header(enc_x: int, enc_y: int, recon: int, center: int, maximum: int, acquisition: str, num_slices: int) -> bytes:
+def ismrmrd_header(
+    enc_x: int, enc_y: int, recon: int, center: int, maximum: int, acquisition: str, num_slices: int
+) -> bytes:
     """A real ISMRMRD XML header with the fields fastMRI reads (encodedSpace/reconSpace matrix
     sizes, kspace_encoding_step_1 limits) plus typical knee protocol fields."""
     return f"""<?xml version="1.0" encoding="utf-8"?>
@@ -238,7 +275,9 @@ def _center_crop(x: np.ndarray, size: int) -> np.ndarray:
     return x[..., top : top + size, left : left + size]
 
 
-def write_knee_volume(path: PathLike, images: np.ndarray, acquisition: str, rng: np.random.Generator, patient_id: str) -> None:
+def write_knee_volume(
+    path: PathLike, images: np.ndarray, acquisition: str, rng: np.random.Generator, patient_id: str
+) -> None:
     """Write one fastMRI single-coil file from magnitude images ``(slices, S, S)`` in [0, 1].
 
     The object fills the reconstruction FOV inside a ``2S x W`` field (readout oversampled 2x, as
@@ -269,7 +308,9 @@ def write_knee_volume(path: PathLike, images: np.ndarray, acquisition: str, rng:
     with h5py.File(path, "w") as f:
         f.create_dataset("kspace", data=kspace, chunks=(1, rows, cols))
         f.create_dataset("reconstruction_esc", data=recon, chunks=(1, size, size))
-        f.create_dataset("ismrmrd_header", data=ismrmrd_header(rows, cols, size, center, maximum, acquisition, num_slices))
+        f.create_dataset(
+            "ismrmrd_header", data=ismrmrd_header(rows, cols, size, center, maximum, acquisition, num_slices)
+        )
         f.attrs["max"] = float(recon.max())
         f.attrs["norm"] = float(np.linalg.norm(recon))
         f.attrs["acquisition"] = acquisition
@@ -291,7 +332,9 @@ def write_knee_dataset(
     variants and bundled natural images. ``num_val``/``num_test`` default to ``max(2, N // 4)``.
     """
     if size < 8 or num_volumes < 1 or num_slices < 1:
-        raise ValueError(f"need size >= 8, num_volumes >= 1, num_slices >= 1; got {size}, {num_volumes}, {num_slices}")
+        raise ValueError(
+            f"need size >= 8, num_volumes >= 1, num_slices >= 1; got {size}, {num_volumes}, {num_slices}"
+        )
     counts = {"train": num_volumes, "val": num_val if num_val is not None else max(2, num_volumes // 4)}
     counts["test"] = num_test if num_test is not None else counts["val"]
     sources = ("ellipses", "shepp_logan") + NATURAL_IMAGES
@@ -317,7 +360,12 @@ def write_knee_dataset(
 # ----------------------------------------------------------------------------------------------
 
 
-def lodopab_sample(rng: np.random.Generator, geometry: ct.ParallelBeamGeometry, generator: torch.Generator, photons_per_pixel: float) -> Tuple[np.ndarray, np.ndarray]:
+def lodopab_sample(
+    rng: np.random.Generator,
+    geometry: ct.ParallelBeamGeometry,
+    generator: torch.Generator,
+    photons_per_pixel: float,
+) -> Tuple[np.ndarray, np.ndarray]:
     """One (ground truth in [0, 1], post-log observation) pair from a random CT-like phantom or a
     Shepp-Logan variant; the sinogram is the exact (analytic) transform of the ellipses."""
     if rng.uniform() < 0.25:
@@ -353,7 +401,9 @@ def write_lodopab_dataset(
     num_test = num_test if num_test is not None else num_val
     counts = {"train": num_train, "validation": num_val, "test": num_test}
     if min(counts.values()) < 1 or samples_per_file < 1:
-        raise ValueError(f"need >= 1 sample per part and per file, got {counts}, samples_per_file={samples_per_file}")
+        raise ValueError(
+            f"need >= 1 sample per part and per file, got {counts}, samples_per_file={samples_per_file}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for part, count in counts.items():
@@ -361,7 +411,9 @@ def write_lodopab_dataset(
         for k in range(num_files):
             rows = range(k * samples_per_file, min(count, (k + 1) * samples_per_file))
             truths = np.zeros((samples_per_file, geometry.image_size, geometry.image_size), dtype=np.float32)
-            observations = np.zeros((samples_per_file, geometry.num_angles, geometry.num_detectors), dtype=np.float32)
+            observations = np.zeros(
+                (samples_per_file, geometry.num_angles, geometry.num_detectors), dtype=np.float32
+            )
             for r, index in enumerate(rows):
                 rng = np.random.default_rng(stable_seed("lodopab", seed, part, index))
                 generator = torch.Generator().manual_seed(stable_seed("lodopab-noise", seed, part, index))
@@ -369,7 +421,13 @@ def write_lodopab_dataset(
             for prefix, array in (("ground_truth", truths), ("observation", observations)):
                 with h5py.File(out / f"{prefix}_{part}_{k:03d}.hdf5", "w") as f:
                     # full-length file; padding rows are left unwritten and read as the fill value 0
-                    data = f.create_dataset("data", shape=array.shape, dtype=np.float32, chunks=(1, *array.shape[1:]), fillvalue=0.0)
+                    data = f.create_dataset(
+                        "data",
+                        shape=array.shape,
+                        dtype=np.float32,
+                        chunks=(1, *array.shape[1:]),
+                        fillvalue=0.0,
+                    )
                     data[: len(rows)] = array[: len(rows)]
     manifest = {
         "format": "LoDoPaB-CT layout, written by equinet (synthetic)",
@@ -417,7 +475,9 @@ def write_imagenet_folder(
         cw = max(8, min(base.shape[1], int(ch * w / h)))
         top = int(rng.integers(0, base.shape[0] - ch + 1))
         left = int(rng.integers(0, base.shape[1] - cw + 1))
-        image = Image.fromarray(base[top : top + ch, left : left + cw]).resize((w, h), Image.Resampling.BICUBIC)
+        image = Image.fromarray(base[top : top + ch, left : left + cw]).resize(
+            (w, h), Image.Resampling.BICUBIC
+        )
         if rng.uniform() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if i % 7 == 3:
