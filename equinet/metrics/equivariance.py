@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from equinet.metrics.reconstruction import nmse, psnr, ssim
+from equinet.metrics.reconstruction import nmse, ssim
 
 Array = Union[np.ndarray, torch.Tensor]
 
