@@ -31,12 +31,41 @@ def cli_env(**extra: str) -> dict:
     env.setdefault("WANDB_MODE", "offline")
     env.setdefault("WANDB_SILENT", "true")
     env["PYTHONWARNINGS"] = "ignore"  # subprocess output is asserted on, not its warnings
+    # tiny networks: one thread each (several intra-op threads on a busy 2-core box run ~100x slower)
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
     return env
 
 
 def equinet_cmd(*args: str) -> List[str]:
     return [sys.executable, "-m", "equinet", *args]
+
+
+def run_cli(*argv: str):
+    """``equinet <argv>`` in this process (no 10 s of imports per run), returning the CLI object.
+
+    Uses the same entry point as the console script. Restores what a run changes globally:
+    ``sys.argv`` (LightningCLI warns if it holds arguments too), torch's deterministic-algorithms
+    flag (``trainer.deterministic``) and the intra-op thread count (1 thread: tiny networks on a
+    busy 2-core machine run ~100x slower with more).
+    """
+    from equinet.cli import main
+    from equinet.lightning.cli import lightning_main
+
+    saved = (sys.argv, torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(),
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    sys.argv = ["equinet"]
+    torch.set_num_threads(1)
+    try:
+        if argv and argv[0] in ("fit", "validate", "test", "predict"):
+            return lightning_main(list(argv))
+        return main(list(argv))
+    finally:
+        sys.argv = saved[0]
+        torch.use_deterministic_algorithms(saved[1])
+        torch.set_num_threads(saved[2])
+        if saved[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 class ToyVolumes(Dataset):
@@ -143,5 +172,5 @@ def state_arrays(ckpt_path: Path) -> dict:
     return {k: v.numpy().copy() for k, v in ckpt["state_dict"].items()}
 
 
-__all__ = ["ToyReconData", "ToyVolumes", "TinyNet", "KillAfterEpoch", "cli_env", "equinet_cmd", "state_arrays",
-           "np"]
+__all__ = ["ToyReconData", "ToyVolumes", "TinyNet", "KillAfterEpoch", "cli_env", "equinet_cmd", "run_cli",
+           "state_arrays", "np"]

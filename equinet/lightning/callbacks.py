@@ -8,6 +8,7 @@ All of them work with any reconstruction LightningModule whose ``forward(x)`` re
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -237,14 +238,29 @@ class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose default directory is ``<trainer.default_root_dir>/checkpoints``.
 
     Lightning's default puts checkpoints inside the logger's ``version_N`` folder, and a resumed
-    run gets a new version -- so ``--ckpt_path last`` would look in an empty folder. Keeping
-    them per run directory makes ``equinet fit ... --ckpt_path last`` find the previous run.
+    run gets a new version -- so ``--ckpt_path last`` would look in an empty folder and silently
+    start from scratch. One folder per run directory makes ``equinet fit ... --ckpt_path last``
+    find the previous run's ``last.ckpt``. (Resuming into that non-empty folder is expected, so
+    Lightning's "directory is not empty" warning is skipped then.)
     """
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def _default_dirpath(self, trainer: pl.Trainer) -> None:
         if self.dirpath is None:
             self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
-        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set:
+        # called while resolving ckpt_path="last", before setup()
+        self._default_dirpath(trainer)
+        found = super()._find_last_checkpoints(trainer)
+        self._resuming_from_last = bool(found)
+        return found
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._default_dirpath(trainer)
+        with warnings.catch_warnings():
+            if getattr(self, "_resuming_from_last", False):
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
 
 class ResumableRNG(Callback):

@@ -21,6 +21,7 @@ Everything can be overridden on the command line (``--trainer.max_steps 10``, ``
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import List, Optional
 
 from pytorch_lightning import LightningDataModule
@@ -78,6 +79,15 @@ def lightning_main(argv: Optional[List[str]] = None) -> EquinetCLI:
     argv = list(sys.argv[1:] if argv is None else argv)
     # LightningCLI warns when given args while sys.argv has some: pass None when they are the same
     args = None if argv == sys.argv[1:] else argv
+    with warnings.catch_warnings():
+        # Lightning 2.6's LightningCLI itself calls jsonargparse APIs deprecated in jsonargparse
+        # 4.49 (add_instantiator, instantiate_classes): nothing a user can act on, so deprecation
+        # warnings raised from inside pytorch_lightning.cli are silenced here, nothing else.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
+        return _run_cli(args)
+
+
+def _run_cli(args: Optional[List[str]]) -> EquinetCLI:
     return EquinetCLI(
         model_class=ReconstructionModule,
         datamodule_class=LightningDataModule,
