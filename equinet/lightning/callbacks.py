@@ -257,10 +257,17 @@ class RunCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._default_dirpath(trainer)
+        self._stage = stage
         with warnings.catch_warnings():
             if getattr(self, "_resuming_from_last", False):
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             super().setup(trainer, pl_module, stage)
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        # validate/test/predict of a checkpoint (often another run's) save nothing: the
+        # best/last bookkeeping only matters when resuming a fit.
+        if getattr(self, "_stage", "fit") == "fit":
+            super().load_state_dict(state_dict)
 
 
 class ResumableRNG(Callback):
