@@ -96,5 +96,6 @@ def _run_cli(args: Optional[List[str]]) -> EquinetCLI:
         auto_configure_optimizers=False,  # one way to configure: model.optimizer / model.lr_scheduler
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [ResumableRNG()]},
+        seed_everything_default=0,  # reproducible unless asked otherwise (Lightning's `True` also ends at 0)
         parser_kwargs={"prog": "equinet"},
     )
