@@ -96,6 +96,7 @@ class ReconstructionModule(pl.LightningModule):
             self.ssim_loss = SSIMLoss()
         self._records: List[Dict[str, Any]] = []
         self.evaluation: Dict[str, Any] = {}
+        self._checkpoint_progress: Optional[Dict[str, int]] = None
 
     # ---------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,11 +183,18 @@ class ReconstructionModule(pl.LightningModule):
         if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         ckpt = getattr(trainer, "ckpt_path", None)
-        meta = {"epoch": trainer.current_epoch, "global step": trainer.global_step,
+        progress = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        if trainer.state.fn != "fit" and self._checkpoint_progress is not None:
+            progress = self._checkpoint_progress  # evaluating a checkpoint: its training progress
+        meta = {"network": _describe(self), "epoch": progress["epoch"], "global step": progress["global_step"],
                 "checkpoint": ckpt or "(weights in memory)", "volumes": len(volumes), "slices": len(records),
                 "duplicate slices dropped (distributed sampler padding)": duplicates,
                 "world size": trainer.world_size, **meta}
         self.evaluation["files"] = write_report(Path(trainer.default_root_dir), stage, volumes, images, summary, meta)
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # remembered for the reports of validate/test runs: which training state is evaluated
+        self._checkpoint_progress = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
 
     # ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -198,6 +206,15 @@ class ReconstructionModule(pl.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _describe(module: ReconstructionModule) -> str:
+    """``UNet(sampling=aps, sampling_kwargs={'filter_size': 1}, ...)`` for reports."""
+    net = module.network
+    args = module.hparams.get("network", {}).get("init_args") if isinstance(module.hparams.get("network"), dict) else None
+    if args is None:
+        args = {k: getattr(net, k) for k in ("sampling", "sampling_kwargs", "widths") if hasattr(net, k)}
+    return f"{type(net).__name__}(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")"
 
 
 def _plain_data(value: Any) -> bool:

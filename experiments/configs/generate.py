@@ -56,7 +56,8 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         "max_epochs": 2, "deterministic": True, "lr": 1e-3, "step_size": 5, "gamma": 0.5, "channels": 8,
         "data": {"class_path": "equinet.data.FastMRIDataModule", "init_args": {
             "root": None, "challenge": "singlecoil", "mask_type": "random", "center_fractions": [0.08],
-            "accelerations": [4], "crop_size": 64, "batch_size": 4, "num_workers": 0}},
+            "accelerations": [4], "crop_size": 64, "batch_size": 4, "num_workers": 0,
+            "synthetic_volumes": 4, "synthetic_slices": 4, "synthetic_size": 64}},
     },
 }
 
