@@ -107,7 +107,15 @@ def test_fit_test_with_tensorboard_wandb_csv_and_safe_checkpoint(tmp_path, monke
     trainer = _trainer(tmp_path, [tb, csv, wandb_logger])
     trainer.fit(module, datamodule=data)
     results = trainer.test(module, datamodule=data, ckpt_path="last")[0]
+    predictions = trainer.predict(module, datamodule=data)
     wandb_logger.experiment.finish()
+    # predict: de-normalised reconstructions with their keys
+    first = predictions[0]
+    batch = next(iter(data.predict_dataloader()))
+    assert list(first["fname"]) == list(batch.fname) and torch.equal(first["slice_num"], batch.slice_num)
+    with torch.no_grad():
+        want = module.eval()(batch.input) * batch.std.reshape(-1, 1, 1, 1) + batch.mean.reshape(-1, 1, 1, 1)
+    assert torch.allclose(first["output"], want.float(), atol=1e-5)
 
     for key in ("test/nmse", "test/psnr", "test/ssim", "test/equivariance_nmse", "test/equivariance_ssim",
                 "test/worst_dpsnr_mean", "test/worst_dpsnr_max"):
