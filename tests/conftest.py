@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Tests run many tiny tensor ops: one intra-op thread avoids OpenMP barrier overhead, which
+# dominates tiny convolutions and explodes when processes (DDP ranks, CLI subprocesses) share
+# the two cores. Subprocesses inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -20,6 +24,7 @@ settings.register_profile(
 )
 settings.register_profile("explore", deadline=None, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

@@ -104,6 +104,17 @@ def test_roll_per_sample_matches_torch_roll(case):
     assert torch.equal(roll_per_sample(x, index, stride), ref)
 
 
+def test_roll_per_sample_sign_undoes_and_validates():
+    x = torch.randn(3, 2, 6, 9)
+    k = torch.tensor([[0, 2], [1, 0], [1, 1]])
+    y = roll_per_sample(x, k, (2, 3), sign=-1)
+    assert torch.equal(roll_per_sample(y, k, (2, 3), sign=+1), x)
+    for b in range(3):
+        assert torch.equal(y[b], torch.roll(x[b], (-int(k[b, 0]), -int(k[b, 1])), (1, 2)))
+    with pytest.raises(ValueError, match="shifts must have shape"):
+        roll_per_sample(x, k[:2], (2, 3))
+
+
 @given(polyphase_case(dtype=torch.float64))
 def test_soft_mixing_matches_weighted_sum_and_one_hot_is_hard(case):
     x, stride, index, g = case

@@ -145,3 +145,23 @@ def test_upsamplers_demand_their_state():
     with pytest.raises(ValueError, match="needs the argmax indices"):
         up(torch.randn(1, 8, 4, 4), None)
     assert PolyphaseState(torch.zeros(1, 2, dtype=torch.long)).weights is None
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("padding_mode", ["circular", "zeros"])
+def test_dense_max_custom_backward_passes_gradcheck_and_matches_native_max_pool(dim, padding_mode):
+    g = torch.Generator().manual_seed(dim)
+    x = torch.randn(1, 2, *([5, 4, 3][:dim]), dtype=torch.float64, generator=g, requires_grad=True)
+    pool = DenseMaxPool(dim, padding_mode)
+    assert torch.autograd.gradcheck(pool, (x,))
+    mode = "circular" if padding_mode == "circular" else "replicate"
+    native = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dim]
+
+    def reference(t):
+        return native(F.pad(t, (0, 1) * dim, mode=mode), 2, 1)
+
+    w = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    assert torch.equal(pool(x), reference(x))
+    ours = torch.autograd.grad((pool(x) * w).sum(), x)[0]
+    theirs = torch.autograd.grad((reference(x) * w).sum(), x)[0]
+    assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-12)

@@ -23,6 +23,17 @@ from equinet.sampling.classical import (
     UnpoolUp,
 )
 from equinet.sampling.layers import BlurFilter, DenseMaxPool, binomial_filter
+from equinet.sampling.orthogonal import (
+    InvertibleDownsampling1D,
+    InvertibleDownsampling2D,
+    InvertibleDownsampling3D,
+    InvertibleUpsampling1D,
+    InvertibleUpsampling2D,
+    InvertibleUpsampling3D,
+    OrthogonalDownsample,
+    OrthogonalMatrices,
+    OrthogonalUpsample,
+)
 from equinet.sampling.polyphase import (
     max_norm_phase,
     mix_polyphase,
@@ -38,5 +49,8 @@ __all__ = [
     "MaxPoolDown", "AvgPoolDown", "StridedConvDown", "BlurPoolDown", "TransposedUp", "ResizeConvUp",
     "UnpoolUp", "BlurUp", "BlurFilter", "DenseMaxPool", "binomial_filter",
     "APSDown", "LPSDown", "PolyphaseUp", "PolyphaseState",
+    "InvertibleDownsampling1D", "InvertibleDownsampling2D", "InvertibleDownsampling3D",
+    "InvertibleUpsampling1D", "InvertibleUpsampling2D", "InvertibleUpsampling3D",
+    "OrthogonalDownsample", "OrthogonalUpsample", "OrthogonalMatrices",
     "max_norm_phase", "polyphase_norms", "select_polyphase", "place_polyphase", "mix_polyphase", "roll_per_sample",
 ]

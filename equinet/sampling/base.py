@@ -115,7 +115,7 @@ def create_strategy(
 
 
 # Modules whose import registers the built-in strategies (timm-style registry by import).
-_BUILTIN_MODULES = ("equinet.sampling.classical", "equinet.sampling.polyphase_layers")
+_BUILTIN_MODULES = ("equinet.sampling.classical", "equinet.sampling.polyphase_layers", "equinet.sampling.orthogonal")
 
 
 def _load_builtin() -> None:

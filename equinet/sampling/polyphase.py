@@ -167,20 +167,23 @@ def mix_polyphase(x: torch.Tensor, weights: torch.Tensor, stride: Sequence[int])
     return torch.einsum(f"{xs},{ws}->{out}", polyphase_view(x, stride), weights.to(x.dtype))
 
 
-def roll_per_sample(x: torch.Tensor, shifts: torch.Tensor, periods: Sequence[int]) -> torch.Tensor:
-    """Circularly shift each sample by its own offsets: ``out_b = T_{shifts[b]} x_b``.
+def roll_per_sample(x: torch.Tensor, shifts: torch.Tensor, periods: Sequence[int], sign: int = 1) -> torch.Tensor:
+    """Circularly shift each sample by its own offsets: ``out_b = T_{sign * shifts[b]} x_b``.
 
     ``shifts`` is ``(B, d)`` with ``0 <= shifts[:, i] < periods[i]`` (offsets are phases, so
-    ``periods`` is the stride). Costs ``sum(periods) - d`` rolls; no loop over samples.
+    ``periods`` is the stride); ``sign=-1`` undoes ``sign=+1``. Costs ``sum(periods) - d``
+    rolls over the last ``d`` dims; no loop over samples.
     """
-    d = shifts.shape[1]
+    d = len(periods)
+    if shifts.shape != (x.shape[0], d):
+        raise ValueError(f"shifts must have shape ({x.shape[0]}, {d}), got {tuple(shifts.shape)}")
     view = (-1,) + (1,) * (x.dim() - 1)
     for i in range(d):
         dim = x.dim() - d + i
         rolled = x
         for v in range(1, periods[i]):
             mask = (shifts[:, i] == v).view(view)
-            rolled = torch.where(mask, x.roll(v, dims=dim), rolled)
+            rolled = torch.where(mask, x.roll(sign * v, dims=dim), rolled)
         x = rolled
     return x
 

@@ -1,0 +1,691 @@
+"""Learnable orthogonal (invertible) up/downsampling (iUNet paper, Thm. 4, Cor. 5-6).
+
+A downsampling with stride ``s = (s_1..s_d)`` and channel multiplier ``sigma = s_1 * ... * s_d``
+is a strided convolution with kernel size = stride, ``groups = C``: each input channel ``c`` has
+its own orthogonal ``sigma x sigma`` matrix ``A_c`` whose ``i``-th row, reshaped to ``s``
+(row-major), is output filter ``c * sigma + i`` (Theorem 4's reordering ``R``). The windows do
+not overlap, so the operator is orthogonal: it preserves the l2 norm and its inverse is the
+transposed convolution with the same kernel (= the matching upsampling, Definition 3).
+
+Parametrisation. ``A(theta) = Q(theta) @ B`` with ``Q(theta_0) = I``:
+
+* ``exp``: ``Q = exp(theta - theta^T)`` (Cor. 5; scaling and squaring, see :func:`matrix_exp`),
+* ``cayley``: ``Q = (I - S)^{-1} (I + S)``, ``S = theta - theta^T`` (``torch.linalg.solve``),
+* ``householder``: ``Q = H(v_1) ... H(v_n)``, ``H(v) = I - 2 v v^T / v^T v``
+  (``n_reflections``, default ``sigma``); ``theta_0`` = random vectors and
+  ``B = Q(theta_0)^T A_0`` so that ``A(theta_0) = A_0``.
+
+For ``exp``/``cayley`` ``theta_0 = 0`` and ``B = A_0`` (the init), so the initial matrix is
+reproduced bit for bit and every orthogonal matrix in ``A_0``'s connected component
+(``det = det A_0``) is reachable -- including ``det = -1`` inits such as a pixel shuffle with an
+odd permutation. Gradients come from autograd through ``torch.linalg.solve`` and plain matrix
+products; there is no hand-written backward of the parametrisation to get wrong.
+
+Inits: ``"haar"`` -- the separable orthonormal DCT-II per axis (Kronecker product over axes);
+for stride 2 this *is* the Haar transform ``[[1, 1], [1, -1]] / sqrt(2)``, for stride 1 the
+identity, for other strides the DCT generalises Haar's "block mean + ordered details" (filter 0
+is always the block mean times ``sqrt(sigma)``). ``"squeeze"`` (aliases ``"pixel_shuffle"``,
+``"zeros"``) -- the identity matrix: filter ``i`` picks pixel ``i`` of the block, exactly
+``torch.nn.functional.pixel_unshuffle`` in 2D. ``"random"`` -- Haar-distributed random
+orthogonal matrices, independent per channel. A tensor/ndarray -- the orthogonal matrix itself,
+``(sigma, sigma)`` shared by all channels or ``(C, sigma, sigma)``; it is checked and polished
+to the nearest orthogonal matrix in float64.
+
+Adaptive orthogonal resampling (new in equinet): per sample, the block-grid offset ``k`` is
+chosen shift-consistently with the APS-D criterion (:func:`max_norm_phase`), the input is
+shifted by ``-k`` before resampling and the upsampler shifts back by ``+k``; with ``k`` passed
+as state the pair is exactly invertible *and* equivariant to circular shifts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from equinet.sampling.base import Downsample, Upsample, as_tuple, register_strategy
+from equinet.sampling.polyphase import max_norm_phase, roll_per_sample
+
+__all__ = [
+    "METHODS",
+    "OrthogonalMatrices",
+    "orthogonal_init_matrix",
+    "dct_matrix",
+    "matrix_exp",
+    "InvertibleDownsampling",
+    "InvertibleUpsampling",
+    "InvertibleDownsampling1D",
+    "InvertibleDownsampling2D",
+    "InvertibleDownsampling3D",
+    "InvertibleUpsampling1D",
+    "InvertibleUpsampling2D",
+    "InvertibleUpsampling3D",
+    "OrthogonalDownsample",
+    "OrthogonalUpsample",
+    "orthogonal_strategy",
+]
+
+METHODS = ("exp", "cayley", "householder")
+_SQUEEZE_ALIASES = ("squeeze", "pixel_shuffle", "zeros")
+InitSpec = Union[str, torch.Tensor, np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------
+# Orthogonal matrices
+# --------------------------------------------------------------------------------------------
+
+
+def dct_matrix(n: int) -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``D[k, j] = sqrt((1 + [k > 0]) / n) cos(pi (2j + 1) k / 2n)``
+    in float64 (rows = frequencies). ``dct_matrix(2)`` is the Haar matrix, ``dct_matrix(1) = [[1]]``."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    j = torch.arange(n, dtype=torch.float64)[None, :]
+    d = torch.cos(math.pi * (2 * j + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] = 1.0 / math.sqrt(n)
+    if n == 2:  # exact Haar entries (cos(pi/4) * 1 differs from 1/sqrt(2) in the last bit)
+        d = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64) / math.sqrt(2.0)
+    return d
+
+
+def _haar_matrix(stride: Sequence[int]) -> torch.Tensor:
+    """Kronecker product of per-axis orthonormal DCT-II matrices: row ``(i_1..i_d)`` (row-major)
+    is the filter ``prod_a D_{s_a}[i_a, k_a]`` over block positions ``(k_1..k_d)``."""
+    out = torch.ones(1, 1, dtype=torch.float64)
+    for s in stride:
+        out = torch.kron(out, dct_matrix(s))
+    return out
+
+
+def _random_orthogonal(count: int, size: int) -> torch.Tensor:
+    """Haar-distributed orthogonal matrices (QR of a Gaussian with the sign fix of Mezzadri)."""
+    g = torch.randn(count, size, size, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
+def _polish_orthogonal(matrix: torch.Tensor, what: str) -> torch.Tensor:
+    """Validate a user-given (count, n, n) matrix stack and return its nearest orthogonal matrix
+    (polar factor, float64) so that float32-rounded inits are orthogonal to float64 precision."""
+    m = matrix.detach().to("cpu", torch.float64)
+    n = m.shape[-1]
+    eye = torch.eye(n, dtype=torch.float64)
+    err = (m @ m.transpose(-1, -2) - eye).abs().amax().item() if m.numel() else 0.0
+    if not math.isfinite(err) or err > 1e-4:
+        raise ValueError(
+            f"{what} must be orthogonal (A @ A.T = I); max |A A^T - I| = {err:.3g}. "
+            f"Pass an orthogonal matrix, or init='haar' | 'squeeze' | 'random'"
+        )
+    if matrix.dtype == torch.float64 and err <= 1e-14 * n:
+        return m.clone()  # already orthogonal to float64 precision: keep it bit for bit
+    u, _, vh = torch.linalg.svd(m)
+    return u @ vh
+
+
+def orthogonal_init_matrix(
+    init: InitSpec, count: int, size: int, stride: Optional[Sequence[int]] = None
+) -> torch.Tensor:
+    """The initial matrices ``A_0`` as a float64 ``(count, size, size)`` tensor.
+
+    ``init``: ``"identity"``/``"squeeze"`` (aliases ``"pixel_shuffle"``, ``"zeros"``), ``"haar"``
+    (needs ``stride``; separable orthonormal DCT-II, = Haar for stride 2), ``"random"``, or an
+    orthogonal tensor/ndarray of shape ``(size, size)``, ``(1, size, size)`` or
+    ``(count, size, size)``.
+    """
+    if isinstance(init, np.ndarray):
+        init = torch.from_numpy(np.asarray(init))
+    if isinstance(init, torch.Tensor):
+        t = init
+        if t.dim() == 2:
+            t = t.unsqueeze(0)
+        if t.dim() != 3 or t.shape[-2:] != (size, size) or t.shape[0] not in (1, count):
+            raise ValueError(
+                f"an init matrix must have shape ({size}, {size}), (1, {size}, {size}) or "
+                f"({count}, {size}, {size}) here (sigma = {size}, {count} channel(s)); got {tuple(init.shape)}"
+            )
+        return _polish_orthogonal(t, "the init matrix").expand(count, size, size).clone()
+    if not isinstance(init, str):
+        raise TypeError(f"init must be a string, a torch.Tensor or a numpy.ndarray, got {type(init).__name__}")
+    if init in _SQUEEZE_ALIASES or init == "identity":
+        base = torch.eye(size, dtype=torch.float64)
+    elif init == "haar":
+        base = _haar_matrix(stride) if stride is not None else dct_matrix(size)
+        if base.shape[0] != size:
+            raise ValueError(f"haar init for stride {tuple(stride)} has size {base.shape[0]}, expected {size}")
+    elif init == "random":
+        return _random_orthogonal(count, size)
+    else:
+        raise ValueError(
+            f"unknown init {init!r}; choose 'haar', 'squeeze' (or 'pixel_shuffle'/'zeros'), "
+            f"'random', 'identity' or pass an orthogonal matrix"
+        )
+    return base.expand(count, size, size).clone()
+
+
+# Taylor coefficients 1/k! for the degree-18 approximant used by matrix_exp (below).
+_EXP_DEGREE = 18
+_EXP_COEFFS = [1.0 / math.factorial(k) for k in range(_EXP_DEGREE + 1)]
+
+
+def matrix_exp(a: torch.Tensor) -> torch.Tensor:
+    """Matrix exponential by scaling and squaring of a degree-18 Taylor polynomial (batched).
+
+    ``a`` is scaled by ``2^-s`` so that its 1-norm is <= 1 (truncation error <= 1/19! ~ 8e-18),
+    the polynomial is evaluated with Paterson-Stockmeyer (7 matrix products) and squared ``s``
+    times. Plain tensor algebra, so autograd gives the exact derivative of the approximant.
+
+    Why not ``torch.linalg.matrix_exp``: in torch 2.14 its degree-8 branch (1-norms of about
+    3e-4 .. 5e-2, i.e. just after initialisation at zero) has a wrong coefficient and is
+    accurate to only ~1e-10 in float64 (pytorch/pytorch#196592), which would cap the
+    invertibility of ``method="exp"`` layers far above float64 precision.
+    """
+    n = a.shape[-1]
+    norm = torch.linalg.matrix_norm(a.detach(), ord=1).max().item() if a.numel() else 0.0
+    squarings = max(0, math.ceil(math.log2(norm))) if norm > 1.0 else 0
+    x = a / (2.0**squarings) if squarings else a
+    eye = torch.eye(n, dtype=a.dtype, device=a.device).expand_as(a)
+    powers = [eye, x, x @ x]
+    powers.append(powers[2] @ x)
+    x4 = powers[2] @ powers[2]
+    c = _EXP_COEFFS
+    # T(x) = sum_j x4^j B_j with B_j = sum_{i<4} c[4j+i] x^i (blocks for degrees 0..18)
+    def block(j: int) -> torch.Tensor:
+        out = None
+        for i in range(4):
+            k = 4 * j + i
+            if k > _EXP_DEGREE:
+                break
+            term = c[k] * powers[i]
+            out = term if out is None else out + term
+        return out
+
+    n_blocks = _EXP_DEGREE // 4 + 1
+    result = block(n_blocks - 1)
+    for j in range(n_blocks - 2, -1, -1):
+        result = block(j) + x4 @ result
+    for _ in range(squarings):
+        result = result @ result
+    return result
+
+
+def _householder_product(v: torch.Tensor) -> torch.Tensor:
+    """``H(v_1) ... H(v_n)`` for ``v`` of shape ``(count, n, size)`` (plain autograd)."""
+    count, n, size = v.shape
+    q = torch.eye(size, dtype=v.dtype, device=v.device).expand(count, size, size)
+    tiny = torch.finfo(v.dtype).tiny
+    for k in range(n):
+        vk = v[:, k, :]
+        scale = 2.0 / (vk * vk).sum(-1).clamp_min(tiny)
+        q = q - (q @ vk.unsqueeze(-1)) * (scale[:, None, None] * vk.unsqueeze(-2))
+    return q
+
+
+class OrthogonalMatrices(nn.Module):
+    """``count`` orthogonal ``size x size`` matrices ``A(theta) = Q(theta) @ B`` (see module doc).
+
+    ``learnable=False`` stores ``A_0`` only (no parameters). Call the module (or
+    :meth:`matrix`) to get the ``(count, size, size)`` stack in the weight dtype.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        size: int,
+        method: str = "cayley",
+        init: InitSpec = "identity",
+        learnable: bool = True,
+        n_reflections: Optional[int] = None,
+        stride: Optional[Sequence[int]] = None,
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        if count < 1 or size < 1:
+            raise ValueError(f"need count >= 1 and size >= 1, got count={count}, size={size}")
+        self.count, self.size, self.method, self.learnable = count, size, method, learnable
+        dtype = torch.get_default_dtype()
+        a0 = orthogonal_init_matrix(init, count, size, stride)
+        self.register_buffer("init_matrix", a0)
+        self.n_reflections = None
+        if not learnable:
+            self.weight = None
+            self.register_buffer("base", a0.clone())
+        elif method in ("exp", "cayley"):
+            self.weight = nn.Parameter(torch.zeros(count, size, size, dtype=dtype))
+            self.register_buffer("base", a0.clone())
+        else:
+            n = size if n_reflections is None else int(n_reflections)
+            if n < 1:
+                raise ValueError(f"n_reflections must be >= 1, got {n_reflections}")
+            self.n_reflections = n
+            v = torch.randn(count, n, size, dtype=torch.float64).to(dtype)
+            self.weight = nn.Parameter(v)
+            q0 = _householder_product(v.to(torch.float64))
+            self.register_buffer("base", q0.transpose(-1, -2) @ a0)
+
+    # float64 buffers keep full precision through .float()/.half()/.to(dtype): a float32-rounded
+    # Haar matrix is not orthogonal to 1e-12 once the module is moved to float64.
+    _FULL_PRECISION = ("init_matrix", "base")
+
+    def _apply(self, fn, recurse=True):
+        keep = {name: self._buffers[name] for name in self._FULL_PRECISION if name in self._buffers}
+        out = super()._apply(fn, recurse)
+        for name, ref in keep.items():
+            moved = self._buffers[name]
+            if moved is not None and moved.dtype != torch.float64 and ref.dtype == torch.float64:
+                try:
+                    self._buffers[name] = ref.to(device=moved.device)
+                except (TypeError, RuntimeError):  # device without float64 (e.g. mps)
+                    pass
+        return out
+
+    def rotation(self) -> torch.Tensor:
+        """``Q(theta)`` (identity at initialisation for exp/cayley).
+
+        Computed in float64 whatever the weight dtype (where the device has float64): the
+        matrices are tiny, and a float32 matrix exponential of a large skew-symmetric matrix is
+        orthogonal only to ~1e-5, which would cap the layer's invertibility.
+        """
+        w = self.weight
+        if w is None:
+            return torch.eye(self.size, dtype=self.base.dtype, device=self.base.device).expand(
+                self.count, self.size, self.size
+            )
+        if w.dtype != torch.float64 and w.device.type != "mps":
+            w = w.to(torch.float64)
+        if self.method == "householder":
+            return _householder_product(w)
+        s = w - w.transpose(-1, -2)
+        if self.method == "exp":
+            return matrix_exp(s)
+        eye = torch.eye(self.size, dtype=w.dtype, device=w.device)
+        return torch.linalg.solve(eye - s, eye + s)
+
+    def matrix(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The orthogonal matrices ``(count, size, size)``, cast to ``dtype`` if given."""
+        if self.weight is None:
+            a = self.base
+        else:
+            q = self.rotation()  # float64 where available; cast once, at the end
+            a = q @ self.base.to(q.dtype)
+            dtype = dtype or self.weight.dtype
+        return a if dtype is None or a.dtype == dtype else a.to(dtype)
+
+    def forward(self) -> torch.Tensor:
+        return self.matrix()
+
+    def extra_repr(self) -> str:
+        extra = f", n_reflections={self.n_reflections}" if self.n_reflections else ""
+        return f"count={self.count}, size={self.size}, method={self.method!r}, learnable={self.learnable}{extra}"
+
+
+# --------------------------------------------------------------------------------------------
+# The layers users know: InvertibleDownsampling{1,2,3}D / InvertibleUpsampling{1,2,3}D
+# --------------------------------------------------------------------------------------------
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_CONV_WEIGHT = {1: nn.grad.conv1d_weight, 2: nn.grad.conv2d_weight, 3: nn.grad.conv3d_weight}
+
+
+class _OrthogonalResampling(nn.Module):
+    """Shared machinery: ``low_channels`` orthogonal matrices reordered into a strided kernel."""
+
+    dim: int = 0
+
+    def __init__(
+        self,
+        low_channels: int,
+        stride: Union[int, Sequence[int]] = 2,
+        method: str = "cayley",
+        init: InitSpec = "haar",
+        learnable: bool = True,
+        n_reflections: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.stride = as_tuple(stride, self.dim, "stride")
+        self.channel_multiplier = int(np.prod(self.stride))
+        self.low_channels = int(low_channels)
+        if self.low_channels < 1:
+            raise ValueError(f"channels must be >= 1, got {low_channels}")
+        self.high_channels = self.low_channels * self.channel_multiplier
+        self.method = method
+        self.learnable = learnable
+        self.orthogonal = OrthogonalMatrices(
+            self.low_channels,
+            self.channel_multiplier,
+            method=method,
+            init=init,
+            learnable=learnable,
+            n_reflections=n_reflections,
+            stride=self.stride,
+        )
+
+    @property
+    def kernel_matrix(self) -> torch.Tensor:
+        """The ``(C, sigma, sigma)`` orthogonal matrices."""
+        return self.orthogonal.matrix()
+
+    def kernel(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The convolution kernel ``(C * sigma, 1, *stride)``: row i of A_c -> filter c*sigma+i."""
+        a = self.orthogonal.matrix(dtype)
+        return a.reshape(self.high_channels, 1, *self.stride)
+
+    def _check(self, x: torch.Tensor, channels: int, role: str, check_size: bool) -> None:
+        if x.dim() != self.dim + 2:
+            raise ValueError(
+                f"{type(self).__name__} expects a (batch, channels, {self.dim} spatial) tensor, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != channels:
+            raise ValueError(
+                f"{type(self).__name__} {role} needs {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        if check_size:
+            bad = [n % s for n, s in zip(x.shape[2:], self.stride)]
+            if any(bad):
+                raise ValueError(
+                    f"{type(self).__name__}: spatial size {tuple(x.shape[2:])} is not divisible by the "
+                    f"stride {self.stride}; pad or crop to a multiple of it"
+                )
+
+    def _downsample(self, x: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check(x, self.low_channels, "input", True)
+        if offset is not None:
+            x = roll_per_sample(x, offset, self.stride, sign=-1)
+        return _CONV[self.dim](x, self.kernel(x.dtype), stride=self.stride, groups=self.low_channels)
+
+    def _upsample(self, y: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check(y, self.high_channels, "input", False)
+        x = _CONV_T[self.dim](y, self.kernel(y.dtype), stride=self.stride, groups=self.low_channels)
+        if offset is not None:
+            x = roll_per_sample(x, offset, self.stride, sign=+1)
+        return x
+
+    # -- backward by inversion (memory-efficient backprop, equinet.models.memory_efficient) ---
+    # The layer is linear and orthogonal: its input is reconstructed by the inverse map, the
+    # input gradient is the adjoint (= inverse) applied to the output gradient, and the kernel
+    # gradient is the usual convolution weight gradient, pulled back through the matrix
+    # parametrisation by autograd. One extra convolution compared with plain backprop.
+
+    def _weight_grad(self, inp: torch.Tensor, grad_out: torch.Tensor, shape) -> torch.Tensor:
+        return _CONV_WEIGHT[self.dim](inp, shape, grad_out, stride=self.stride, groups=self.low_channels)
+
+    def _kernel_for_backward(self, dtype, params):
+        with torch.enable_grad():
+            k = self.kernel(dtype) if params else self.kernel(dtype).detach()
+        return k, k.detach()
+
+    def _pull_back(self, k, grad_k, params):
+        if not params:
+            return ()
+        return torch.autograd.grad(k, list(params), grad_k, allow_unused=True)
+
+    def _downsample_backward(self, y, grad_y, params, offset=None):
+        """For ``y = down(x, offset)``: ``(x, grad_x, grad_params)`` without storing ``x``."""
+        k, kd = self._kernel_for_backward(y.dtype, params)
+        z = _CONV_T[self.dim](y, kd, stride=self.stride, groups=self.low_channels)
+        grad_z = _CONV_T[self.dim](grad_y, kd, stride=self.stride, groups=self.low_channels)
+        grads = self._pull_back(k, self._weight_grad(z, grad_y, kd.shape), params)
+        if offset is not None:
+            z, grad_z = roll_per_sample(z, offset, self.stride, sign=+1), roll_per_sample(grad_z, offset, self.stride, sign=+1)
+        return z, grad_z, grads
+
+    def _upsample_backward(self, y, grad_y, params, offset=None):
+        """For ``y = up(w, offset)``: ``(w, grad_w, grad_params)`` without storing ``w``."""
+        if offset is not None:
+            y, grad_y = roll_per_sample(y, offset, self.stride, sign=-1), roll_per_sample(grad_y, offset, self.stride, sign=-1)
+        k, kd = self._kernel_for_backward(y.dtype, params)
+        w = _CONV[self.dim](y, kd, stride=self.stride, groups=self.low_channels)
+        grad_w = _CONV[self.dim](grad_y, kd, stride=self.stride, groups=self.low_channels)
+        grads = self._pull_back(k, self._weight_grad(grad_y, w, kd.shape), params)
+        return w, grad_w, grads
+
+    def _partner(self, cls):
+        """A module of the opposite direction sharing this module's parameters."""
+        other = cls.__new__(cls)
+        nn.Module.__init__(other)
+        for name in ("stride", "channel_multiplier", "low_channels", "high_channels", "method", "learnable"):
+            setattr(other, name, getattr(self, name))
+        other.orthogonal = self.orthogonal
+        other._set_channels()
+        return other
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, stride={self.stride}, method={self.method!r}, "
+            f"learnable={self.learnable}"
+        )
+
+
+class InvertibleDownsampling(_OrthogonalResampling):
+    """Learnable orthogonal downsampling: ``(B, C, N) -> (B, C * sigma, N / stride)``.
+
+    ``forward(x, offset=None)``; ``offset`` (``(B, d)`` long) selects the block grid per sample
+    (adaptive resampling). ``inverse(y, offset=None)`` is the exact inverse (transposed conv);
+    ``inverse()`` without a tensor returns the matching :class:`InvertibleUpsampling` that shares
+    this module's parameters.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        stride: Union[int, Sequence[int]] = 2,
+        method: str = "cayley",
+        init: InitSpec = "haar",
+        learnable: bool = True,
+        n_reflections: Optional[int] = None,
+    ) -> None:
+        super().__init__(in_channels, stride, method, init, learnable, n_reflections)
+        self._set_channels()
+
+    def _set_channels(self) -> None:
+        self.in_channels, self.out_channels = self.low_channels, self.high_channels
+
+    def forward(self, x: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._downsample(x, offset)
+
+    def inverse(self, y: Optional[torch.Tensor] = None, offset: Optional[torch.Tensor] = None):
+        if y is None:
+            return self._partner(_UPSAMPLING[self.dim])
+        return self._upsample(y, offset)
+
+    def backward_by_inversion(self, y, grad_y, params, offset=None):
+        return self._downsample_backward(y, grad_y, params, offset)
+
+
+class InvertibleUpsampling(_OrthogonalResampling):
+    """Learnable orthogonal upsampling: ``(B, C, N) -> (B, C / sigma, N * stride)``.
+
+    ``in_channels`` (the coarse side) must be divisible by ``sigma``. The inverse of an
+    :class:`InvertibleDownsampling` with the same matrices (Definition 3 of the paper).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        stride: Union[int, Sequence[int]] = 2,
+        method: str = "cayley",
+        init: InitSpec = "haar",
+        learnable: bool = True,
+        n_reflections: Optional[int] = None,
+    ) -> None:
+        stride_t = as_tuple(stride, self.dim, "stride")
+        sigma = int(np.prod(stride_t))
+        if in_channels % sigma:
+            raise ValueError(
+                f"{type(self).__name__}: in_channels={in_channels} is not divisible by the channel "
+                f"multiplier {sigma} of stride {stride_t}"
+            )
+        super().__init__(in_channels // sigma, stride_t, method, init, learnable, n_reflections)
+        self._set_channels()
+
+    def _set_channels(self) -> None:
+        self.in_channels, self.out_channels = self.high_channels, self.low_channels
+
+    def forward(self, y: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._upsample(y, offset)
+
+    def inverse(self, x: Optional[torch.Tensor] = None, offset: Optional[torch.Tensor] = None):
+        if x is None:
+            return self._partner(_DOWNSAMPLING[self.dim])
+        return self._downsample(x, offset)
+
+    def backward_by_inversion(self, y, grad_y, params, offset=None):
+        return self._upsample_backward(y, grad_y, params, offset)
+
+
+class InvertibleDownsampling1D(InvertibleDownsampling):
+    dim = 1
+
+
+class InvertibleDownsampling2D(InvertibleDownsampling):
+    dim = 2
+
+
+class InvertibleDownsampling3D(InvertibleDownsampling):
+    dim = 3
+
+
+class InvertibleUpsampling1D(InvertibleUpsampling):
+    dim = 1
+
+
+class InvertibleUpsampling2D(InvertibleUpsampling):
+    dim = 2
+
+
+class InvertibleUpsampling3D(InvertibleUpsampling):
+    dim = 3
+
+
+_DOWNSAMPLING = {1: InvertibleDownsampling1D, 2: InvertibleDownsampling2D, 3: InvertibleDownsampling3D}
+_UPSAMPLING = {1: InvertibleUpsampling1D, 2: InvertibleUpsampling2D, 3: InvertibleUpsampling3D}
+
+
+def invertible_downsampling(dim: int, *args, **kwargs) -> InvertibleDownsampling:
+    """``InvertibleDownsampling{dim}D(*args, **kwargs)``."""
+    if dim not in _DOWNSAMPLING:
+        raise ValueError(f"dim must be 1, 2 or 3, got {dim}")
+    return _DOWNSAMPLING[dim](*args, **kwargs)
+
+
+def invertible_upsampling(dim: int, *args, **kwargs) -> InvertibleUpsampling:
+    """``InvertibleUpsampling{dim}D(*args, **kwargs)``."""
+    if dim not in _UPSAMPLING:
+        raise ValueError(f"dim must be 1, 2 or 3, got {dim}")
+    return _UPSAMPLING[dim](*args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# The `orthogonal` sampling strategy for the U-Net
+# --------------------------------------------------------------------------------------------
+
+
+class OrthogonalDownsample(Downsample):
+    """Encoder half: orthogonal downsampling, optionally with an adaptive block-grid offset.
+
+    ``forward(x) -> (y, offset)``; ``offset`` is ``None`` unless ``adaptive``, then the
+    per-sample APS-D choice ``max_norm_phase(x, stride, p)`` (float64-accumulated l_p norms).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        stride: Union[int, Sequence[int]] = 2,
+        method: str = "cayley",
+        init: InitSpec = "haar",
+        learnable: bool = True,
+        n_reflections: Optional[int] = None,
+        adaptive: bool = False,
+        p: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.layer = invertible_downsampling(dim, channels, stride, method, init, learnable, n_reflections)
+        self.stride = self.layer.stride
+        self.out_channels = self.layer.out_channels
+        self.adaptive = bool(adaptive)
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        offset = max_norm_phase(x, self.stride, self.p) if self.adaptive else None
+        return self.layer(x, offset), offset
+
+    def extra_repr(self) -> str:
+        return f"adaptive={self.adaptive}, p={self.p}"
+
+
+class OrthogonalUpsample(Upsample):
+    """Decoder half: ``(B, up_channels, n) -> (B, channels, n * stride)``.
+
+    When ``up_channels == channels * sigma`` it is the pure orthogonal upsampling (initialised
+    with the downsampler's matrices, so ``up(down(x)) == x`` at initialisation and always with
+    ``learnable=False``). Otherwise a learnable 1x1 convolution first maps ``up_channels`` to
+    ``channels * sigma`` (like a transposed convolution, every strategy's upsampler returns the
+    skip connection's channel count). With an ``offset`` the result is shifted back by it.
+    """
+
+    def __init__(
+        self,
+        up_channels: int,
+        channels: int,
+        dim: int,
+        stride: Union[int, Sequence[int]] = 2,
+        method: str = "cayley",
+        init: InitSpec = "haar",
+        learnable: bool = True,
+        n_reflections: Optional[int] = None,
+        adaptive: bool = False,
+    ) -> None:
+        super().__init__()
+        stride_t = as_tuple(stride, dim, "stride")
+        high = channels * int(np.prod(stride_t))
+        self.project = None
+        if up_channels != high:
+            conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dim - 1]
+            self.project = conv(up_channels, high, kernel_size=1)
+        self.layer = invertible_upsampling(dim, high, stride_t, method, init, learnable, n_reflections)
+        self.stride = stride_t
+        self.in_channels = up_channels
+        self.out_channels = channels
+        self.adaptive = bool(adaptive)
+
+    def forward(self, x: torch.Tensor, state: Any = None) -> torch.Tensor:
+        if self.adaptive and state is None:
+            raise ValueError(
+                "adaptive orthogonal upsampling needs the offset its downsampler returned as state"
+            )
+        if self.project is not None:
+            x = self.project(x)
+        return self.layer(x, state if self.adaptive else None)
+
+
+@register_strategy("orthogonal")
+def orthogonal_strategy(
+    channels: int,
+    up_channels: int,
+    *,
+    dim: int,
+    padding_mode: str,
+    method: str = "cayley",
+    init: InitSpec = "haar",
+    stride: Union[int, Sequence[int]] = 2,
+    learnable: bool = True,
+    adaptive: bool = False,
+    p: float = 2.0,
+    n_reflections: Optional[int] = None,
+) -> Tuple[OrthogonalDownsample, OrthogonalUpsample]:
+    """Learnable orthogonal (invertible) resampling (iUNet); adaptive=True: shift-equivariant grid choice.
+
+    Channels: the downsampler multiplies them by sigma = prod(stride); the upsampler returns
+    ``channels`` (with a 1x1 projection first when ``up_channels != channels * sigma``).
+    ``padding_mode`` is unused (no padding: sizes must be divisible by ``stride``).
+    """
+    down = OrthogonalDownsample(channels, dim, stride, method, init, learnable, n_reflections, adaptive, p)
+    up_init = down.layer.orthogonal.init_matrix  # same A_0 (also for init="random")
+    up = OrthogonalUpsample(up_channels, channels, dim, stride, method, up_init, learnable, n_reflections, adaptive)
+    return down, up
