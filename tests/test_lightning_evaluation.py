@@ -14,7 +14,7 @@ from equinet.lightning import EquivarianceEvaluation, ReconstructionModule
 from equinet.lightning.evaluation import (
     gather_unique,
     image_shifts,
-    roll_per_sample,
+    circular_shift_per_sample,
     slice_records,
     summarise,
     volume_metrics,
@@ -79,18 +79,18 @@ def test_dropping_duplicates_matters():
 @settings(max_examples=25)
 @given(b=st.integers(1, 4), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
        seed=st.integers(0, 1000))
-def test_roll_per_sample_equals_torch_roll(b, c, h, w, seed):
+def test_circular_shift_per_sample_equals_torch_roll(b, c, h, w, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
     shifts = torch.randint(-20, 21, (b, 2), generator=g)
-    got = roll_per_sample(x, shifts)
+    got = circular_shift_per_sample(x, shifts)
     for i in range(b):
         assert torch.equal(got[i], torch.roll(x[i], tuple(shifts[i].tolist()), dims=(-2, -1)))
 
 
-def test_roll_per_sample_rejects_bad_shifts():
+def test_circular_shift_per_sample_rejects_bad_shifts():
     with pytest.raises(ValueError, match="shifts must be"):
-        roll_per_sample(torch.zeros(2, 1, 4, 4), torch.zeros(3, 2, dtype=torch.long))
+        circular_shift_per_sample(torch.zeros(2, 1, 4, 4), torch.zeros(3, 2, dtype=torch.long))
 
 
 def test_seeded_shifts_depend_on_key_only():

@@ -24,7 +24,7 @@ from equinet.lightning.evaluation import (
     denormalise,
     gather_unique,
     image_shifts,
-    roll_per_sample,
+    circular_shift_per_sample,
     slice_records,
     summarise,
     volume_metrics,
@@ -83,8 +83,8 @@ class EquivarianceEvaluation(Callback):
 
         # equivariance: T_k G(x) vs G(T_k x), one k per volume
         k = torch.stack([volume_shift(self.seed, f, self.max_shift) for f, _ in keys])
-        reference = denormalise(roll_per_sample(output, k), b.mean, b.std)
-        shifted = denormalise(pl_module(roll_per_sample(x, k)), b.mean, b.std)
+        reference = denormalise(circular_shift_per_sample(output, k), b.mean, b.std)
+        shifted = denormalise(pl_module(circular_shift_per_sample(x, k)), b.mean, b.std)
         records = slice_records(keys, reference, shifted, b.max_value, prefix="equivariance_")
         for r, kk in zip(records, k.tolist()):
             r["shift_h"], r["shift_w"] = kk
@@ -99,8 +99,8 @@ class EquivarianceEvaluation(Callback):
             worst = torch.zeros_like(base)
             for j in range(self.num_dpsnr_shifts):
                 kj = per_image[:, j]
-                out_j = pl_module(roll_per_sample(x, kj))
-                mse_j = ((out_j - roll_per_sample(y, kj)).to(torch.float64) ** 2).flatten(1).mean(dim=1)
+                out_j = pl_module(circular_shift_per_sample(x, kj))
+                mse_j = ((out_j - circular_shift_per_sample(y, kj)).to(torch.float64) ** 2).flatten(1).mean(dim=1)
                 worst = torch.maximum(worst, (10 * torch.log10(base / mse_j)).abs())
             for r, w in zip(records, worst.cpu().tolist()):
                 r["worst_dpsnr"] = w
@@ -182,7 +182,7 @@ class ReconstructionImageLogger(Callback):
         keys = batch_keys(b.fname, b.slice_num, b.input.shape[0])[:n]
         output = outputs["output"][:n] if isinstance(outputs, dict) and "output" in outputs else pl_module(x)
         k = torch.stack([volume_shift(self.seed, f, self.max_shift) for f, _ in keys])
-        shift_diff = (pl_module(roll_per_sample(x, k)) - roll_per_sample(output, k)).abs()
+        shift_diff = (pl_module(circular_shift_per_sample(x, k)) - circular_shift_per_sample(output, k)).abs()
         mean, std = b.mean, b.std
         sel = (lambda v: v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
         inp = denormalise(x, sel(mean), sel(std))

@@ -197,11 +197,13 @@ def image_shifts(seed: int, fname: str, slice_num: int, n: int, max_shift: int =
     return random_shifts(n, dim, max_shift, _generator("image", seed, fname, int(slice_num)))
 
 
-def roll_per_sample(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+def circular_shift_per_sample(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Circular shift of each sample ``x[b]`` by ``shifts[b]`` over the last ``shifts.shape[1]`` dims.
 
     Equals ``torch.roll(x[b], shifts[b], dims)`` for every ``b`` (``T_k`` of the APS-U paper), done
-    as one gather per dimension instead of a Python loop over the batch.
+    as one gather per dimension instead of a Python loop over the batch, for any shift size.
+    (``equinet.sampling.polyphase.roll_per_sample`` is the variant for phase offsets smaller than
+    a stride, where a few masked rolls are cheaper than a gather.)
     """
     if shifts.dim() != 2 or shifts.shape[0] != x.shape[0]:
         raise ValueError(f"shifts must be (batch={x.shape[0]}, dims), got {tuple(shifts.shape)}")
