@@ -89,3 +89,25 @@ def test_bad_config_file_key(capsys, tmp_path):
     path.write_text(TOY + "modle: {loss: mse}\n")
     code, _, err = _exit(capsys, "fit", "--config", str(path))
     assert code == 2 and "modle" in err
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers.*")
+def test_cli_refuses_checkpoints_that_unpickle_code(toy_config, tmp_path):
+    """`--ckpt_path last` finding a tampered last.ckpt: the load is weights_only, nothing runs."""
+    import pickle
+
+    import torch
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": _Evil()},
+               tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        run_cli("fit", "--config", toy_config, "--trainer.default_root_dir", str(tmp_path / "run"),
+                "--trainer.logger", "false", "--ckpt_path", "last")
