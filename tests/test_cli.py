@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 import yaml
-
 from test_lightning_fixtures import run_cli
 
 TOY = textwrap.dedent("""

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from test_lightning_fixtures import REPO, run_cli
 
 CONFIGS = REPO / "experiments" / "configs"

@@ -9,21 +9,28 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_lightning_fixtures import TinyNet, ToyVolumes
+from torch.utils.data import DataLoader
 
 from equinet.lightning import EquivarianceEvaluation, ReconstructionModule
 from equinet.lightning.evaluation import (
+    circular_shift_per_sample,
     gather_unique,
     image_shifts,
-    circular_shift_per_sample,
     slice_records,
     summarise,
     volume_metrics,
     volume_shift,
     write_report,
 )
-from equinet.metrics import circular_shift, equivariance_errors, nmse, psnr, ssim, worst_case_dpsnr
-from test_lightning_fixtures import TinyNet, ToyVolumes
-from torch.utils.data import DataLoader
+from equinet.metrics import (
+    circular_shift,
+    equivariance_errors,
+    nmse,
+    psnr,
+    ssim,
+    worst_case_dpsnr,
+)
 
 
 def _volumes(rng: np.random.Generator, slices, size=16):
@@ -129,13 +136,17 @@ def test_equivariance_callback_matches_metric_functions(pool):
             mean = torch.tensor([it.mean for it in items]).reshape(-1, 1, 1, 1)
             std = torch.tensor([it.std for it in items]).reshape(-1, 1, 1, 1)
             k = volume_shift(5, fname, 16).tolist()
-            model = lambda z: module(z) * std + mean  # noqa: E731  original units
+            def model(z, std=std, mean=mean):  # original units
+                return module(z) * std + mean
+
             ref = equivariance_errors(model(x), model(circular_shift(x, k)), k, items[0].max_value)
             assert rows[fname]["equivariance_nmse"] == pytest.approx(ref["nmse"], rel=1e-6, abs=1e-12)
             assert rows[fname]["equivariance_ssim"] == pytest.approx(ref["ssim"], rel=1e-9)
             for i, it in enumerate(items):
                 shifts = image_shifts(5, fname, it.slice_num, 4, 16)
-                model_i = lambda z: module(z) * std[i] + mean[i]  # noqa: E731
+                def model_i(z, s=std[i], m=mean[i]):
+                    return module(z) * s + m
+
                 want = worst_case_dpsnr(model_i, x[i:i + 1], y[i:i + 1] * std[i] + mean[i], shifts)[0]
                 got = next(r["worst_dpsnr"] for r in records if r["fname"] == fname and r["slice_num"] == i)
                 assert got == pytest.approx(float(want), rel=1e-4, abs=1e-6)

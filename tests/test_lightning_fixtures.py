@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -140,7 +139,9 @@ class TinyNet(nn.Module):
     def __init__(self, channels: int = 4, pool: bool = True) -> None:
         super().__init__()
         self.pool = pool
-        conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1, padding_mode="circular")  # noqa: E731
+        def conv(i: int, o: int) -> nn.Conv2d:
+            return nn.Conv2d(i, o, 3, padding=1, padding_mode="circular")
+
         self.enc = nn.Sequential(conv(1, channels), nn.BatchNorm2d(channels), nn.ReLU())
         self.dec = nn.Sequential(conv(channels, channels), nn.ReLU(), nn.Conv2d(channels, 1, 1))
 
@@ -172,5 +173,13 @@ def state_arrays(ckpt_path: Path) -> dict:
     return {k: v.numpy().copy() for k, v in ckpt["state_dict"].items()}
 
 
-__all__ = ["ToyReconData", "ToyVolumes", "TinyNet", "KillAfterEpoch", "cli_env", "equinet_cmd", "run_cli",
-           "state_arrays", "np"]
+__all__ = [
+    "KillAfterEpoch",
+    "TinyNet",
+    "ToyReconData",
+    "ToyVolumes",
+    "cli_env",
+    "equinet_cmd",
+    "run_cli",
+    "state_arrays",
+]

@@ -13,6 +13,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from test_lightning_fixtures import TinyNet, ToyReconData, ToyVolumes
+from torch.utils.data import DataLoader
 
 from equinet.lightning import (
     EquivarianceEvaluation,
@@ -23,8 +25,6 @@ from equinet.lightning import (
 )
 from equinet.lightning.evaluation import volume_shift
 from equinet.metrics import ssim
-from test_lightning_fixtures import TinyNet, ToyReconData, ToyVolumes
-from torch.utils.data import DataLoader
 
 # Lightning's advice for tiny CPU runs (few batches, no workers) is not what these tests check.
 quiet = pytest.mark.filterwarnings(

@@ -15,7 +15,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
 from test_lightning_fixtures import REPO, cli_env, equinet_cmd, run_cli, state_arrays
 
 CONFIG = textwrap.dedent("""

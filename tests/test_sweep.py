@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_cli_configs import needs_data
 from test_lightning_fixtures import REPO, run_cli
 

@@ -13,9 +13,9 @@ from equinet.lightning.callbacks import (
 from equinet.lightning.module import ReconstructionModule
 
 __all__ = [
-    "ReconstructionModule",
     "EquivarianceEvaluation",
     "ReconstructionImageLogger",
+    "ReconstructionModule",
     "ResumableRNG",
     "RunCheckpoint",
 ]

@@ -21,10 +21,10 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from equinet.data.types import ReconSample
 from equinet.lightning.evaluation import (
     batch_keys,
+    circular_shift_per_sample,
     denormalise,
     gather_unique,
     image_shifts,
-    circular_shift_per_sample,
     slice_records,
     summarise,
     volume_metrics,

@@ -237,4 +237,4 @@ def merge_records_by_volume(volumes: List[Dict[str, Any]], extra: List[Dict[str,
     return [by_name[k] for k in sorted(by_name)]
 
 
-__all__ = ["ReconstructionModule", "LOSSES", "merge_records_by_volume"]
+__all__ = ["LOSSES", "ReconstructionModule", "merge_records_by_volume"]
