@@ -12,6 +12,7 @@ import subprocess
 import textwrap
 
 import pytest
+from test_cli_configs import needs_data
 from test_lightning_fixtures import REPO, cli_env, equinet_cmd, run_cli
 
 CONFIG = textwrap.dedent("""
@@ -95,3 +96,33 @@ def test_ddp_test_stage_with_equivariance_equals_single_process(tmp_path):
     assert "dropped (distributed sampler padding): 1" in (tmp_path / "ddp" / "test_summary.md").read_text()
     _assert_same_volumes(tmp_path / "ddp" / "test_volumes.csv", tmp_path / "single" / "test_volumes.csv",
                          ["nmse", "psnr", "ssim", "equivariance_nmse", "equivariance_ssim", "worst_dpsnr_max"])
+
+
+@needs_data
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*")
+def test_ddp_on_the_synthetic_fastmri_config(tmp_path):
+    """The shipped synthetic config through the real fastMRI loader: 3 volumes x 3 slices."""
+    config = REPO / "experiments" / "configs" / "synthetic" / "aps.yaml"
+    sizes = ["--data.init_args.synthetic_volumes", "12", "--data.init_args.synthetic_slices", "3"]
+    env = {"EQUINET_DATA_DIR": str(tmp_path / "data")}
+    run = tmp_path / "ddp"
+    proc = subprocess.run(equinet_cmd("fit", "--config", str(config), *sizes, "--trainer.accelerator", "cpu",
+                                      "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs",
+                                      "1", "--trainer.default_root_dir", str(run), "--trainer.callbacks", "[]",
+                                      "--trainer.enable_progress_bar", "false"),
+                          cwd=REPO, env=cli_env(**env), capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    summary = (run / "val_summary.md").read_text()
+    assert "- world size: 2" in summary and "- slices: 9" in summary and "padding): 1" in summary
+    single = tmp_path / "single"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EQUINET_DATA_DIR", env["EQUINET_DATA_DIR"])
+        run_cli("validate", "--config", str(config), *sizes, "--trainer.accelerator", "cpu", *SINGLE,
+                "--trainer.default_root_dir", str(single), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    ddp, one = _rows(run / "val_volumes.csv"), _rows(single / "val_volumes.csv")
+    assert sorted(ddp) == sorted(one) and len(ddp) == 3
+    for fname in ddp:
+        assert ddp[fname]["slices"] == one[fname]["slices"] == "3"
+        for col in ("nmse", "psnr", "ssim"):
+            assert float(ddp[fname][col]) == pytest.approx(float(one[fname][col]), rel=1e-6), col
