@@ -1,0 +1,185 @@
+"""Shared pieces of the data package: data directory, atomic writes, errors, normalisation.
+
+Kept free of Lightning and fastmri imports so ``equinet data synth`` starts quickly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from equinet.data.types import ReconSample
+
+log = logging.getLogger("equinet.data")
+
+DATA_DIR_ENV = "EQUINET_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/equinet"
+PathLike = Union[str, os.PathLike]
+
+
+class DataFormatError(ValueError):
+    """A data file or folder does not have the expected format; the message names it."""
+
+
+def data_dir(override: Optional[PathLike] = None) -> Path:
+    """Where synthetic datasets and caches live: ``override``, else ``$EQUINET_DATA_DIR``, else
+    ``~/.cache/equinet``."""
+    chosen = override if override is not None else os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser()
+
+
+def stable_hash(*parts: object, length: int = 12) -> str:
+    """Short hex digest of ``parts`` (JSON-encoded), stable across processes and runs."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed derived from ``parts`` (file names, indices), the same in every process."""
+    return int(stable_hash(*parts, length=15), 16)
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``final`` and rename it to ``final`` on success.
+
+    If ``final`` appears meanwhile (another process finished first), the temporary copy is
+    discarded. On error the temporary directory is removed: no half-written dataset is left.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def temporary_path(final: Path) -> Path:
+    """A unique temporary file name in ``final``'s directory (for write-then-rename)."""
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def check_finite(array, what: str) -> None:
+    """Raise :class:`DataFormatError` naming ``what`` if ``array`` holds NaN or inf."""
+    t = torch.as_tensor(array)
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise DataFormatError(
+            f"{what} contains {bad} NaN/inf values; the file is corrupt or was written incompletely"
+        )
+
+
+def check_finite_rows(array: np.ndarray, what: str, first_row: int = 0) -> None:
+    """Like :func:`check_finite` for a stack of rows; the error lists the offending row numbers."""
+    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    if not finite.all():
+        rows = (np.flatnonzero(~finite) + first_row).tolist()
+        count = int((~np.isfinite(array)).sum())
+        raise DataFormatError(
+            f"{what} row(s) {rows} contain {count} NaN/inf values; the file is corrupt or was written incompletely"
+        )
+
+
+def describe_paths(paths: Sequence[PathLike], limit: int = 5) -> str:
+    names = [str(p) for p in paths]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def normalize_pair(
+    image: torch.Tensor,
+    target: torch.Tensor,
+    normalize: bool = True,
+    clamp: Optional[float] = None,
+    eps: float = 1e-11,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fastMRI's instance normalisation: ``(x - mean) / (std + eps)`` with the input's mean and
+    std applied to both input and target (so ``target = normalised * (std + eps) + mean``; the
+    returned ``std`` already includes ``eps``). ``clamp`` bounds the *input* only (fastMRI uses 6);
+    the target is not clamped so it maps back to the original values exactly.
+    """
+    image = image.to(torch.float32)
+    target = target.to(torch.float32)
+    if normalize:
+        mean = image.mean()
+        std = image.std() + eps
+    else:
+        mean = torch.zeros((), dtype=torch.float32)
+        std = torch.ones((), dtype=torch.float32)
+    image = (image - mean) / std
+    if clamp is not None:
+        image = image.clamp(-clamp, clamp)
+    target = (target - mean) / std
+    return image, target, mean, std
+
+
+def make_sample(
+    image: torch.Tensor,
+    target: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    max_value: float,
+    fname: str,
+    slice_num: int,
+) -> ReconSample:
+    """A :class:`ReconSample` with ``(1, H, W)`` float32 images and 0-d float32 statistics."""
+    return ReconSample(
+        input=image.reshape(1, *image.shape[-2:]).contiguous(),
+        target=target.reshape(1, *target.shape[-2:]).contiguous(),
+        mean=torch.as_tensor(mean, dtype=torch.float32).reshape(()),
+        std=torch.as_tensor(std, dtype=torch.float32).reshape(()),
+        max_value=torch.as_tensor(float(max_value), dtype=torch.float32),
+        fname=str(fname),
+        slice_num=int(slice_num),
+    )
+
+
+def center_crop_2d(image: torch.Tensor, size: int, what: str) -> torch.Tensor:
+    """Centre crop of the last two axes to ``size x size``; a clear error if the image is smaller."""
+    h, w = image.shape[-2:]
+    if h < size or w < size:
+        raise DataFormatError(
+            f"{what}: image of size {h}x{w} is smaller than crop_size={size}; use a smaller crop_size"
+        )
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[..., top : top + size, left : left + size]
+
+
+def ensure_dataset(path: Path, build: Callable[[Path], None], what: str) -> Path:
+    """Build a dataset into ``path`` once (atomically); reuse it afterwards."""
+    if path.is_dir():
+        return path
+    log.info("generating synthetic %s dataset in %s (once; cached)", what, path)
+    with atomic_directory(path) as tmp:
+        build(tmp)
+    return path
+
+
+# Show equinet.data's INFO lines (cache reports, dataset sizes) the way Lightning shows its own,
+# unless the application configured logging (or this logger's level) itself.
+if log.level == logging.NOTSET:
+    log.setLevel(logging.INFO)
+if not logging.getLogger().hasHandlers() and not log.handlers:
+    log.addHandler(logging.StreamHandler())

@@ -1,0 +1,493 @@
+"""Synthetic datasets in the real on-disk formats (fastMRI knee, LoDoPaB-CT, ImageNet val JPEGs).
+
+Content comes from phantoms (random ellipses, Shepp-Logan variants) and the natural images that
+scikit-image ships (camera, moon, coins, ...); nothing is downloaded. The files are what the real
+loaders expect, so the default (``root=None``) run of every DataModule exercises those loaders
+end to end. Everything is seeded: the same arguments give the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import h5py
+import numpy as np
+import torch
+
+from equinet.data import ct
+from equinet.data.common import PathLike, log, stable_seed
+
+# Natural images bundled with scikit-image (no download); colour ones are made grayscale.
+NATURAL_IMAGES = (
+    "camera", "moon", "coins", "astronaut", "brick", "grass", "gravel", "clock", "coffee",
+    "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "cell", "retina",
+)  # fmt: skip
+
+KNEE_ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
+KNEE_SPLITS = ("train", "val", "test")
+LODOPAB_PARTS = ("train", "validation", "test")
+LODOPAB_MANIFEST = "equinet_lodopab.json"
+
+# Modified Shepp-Logan (Toft): value, a, b, x0, y0, phi(deg), on [-1, 1]^2.
+SHEPP_LOGAN = np.array(
+    [
+        [1.0, 0.69, 0.92, 0.0, 0.0, 0.0],
+        [-0.8, 0.6624, 0.874, 0.0, -0.0184, 0.0],
+        [-0.2, 0.11, 0.31, 0.22, 0.0, -18.0],
+        [-0.2, 0.16, 0.41, -0.22, 0.0, 18.0],
+        [0.1, 0.21, 0.25, 0.0, 0.35, 0.0],
+        [0.1, 0.046, 0.046, 0.0, 0.1, 0.0],
+        [0.1, 0.046, 0.046, 0.0, -0.1, 0.0],
+        [0.1, 0.046, 0.023, -0.08, -0.605, 0.0],
+        [0.1, 0.023, 0.023, 0.0, -0.606, 0.0],
+        [0.1, 0.023, 0.046, 0.06, -0.605, 0.0],
+    ]
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image sources
+# ----------------------------------------------------------------------------------------------
+
+
+def natural_image(name: str) -> np.ndarray:
+    """A scikit-image bundled image as grayscale float64 in [0, 1]."""
+    import skimage.data
+    from skimage.color import rgb2gray, rgba2rgb
+    from skimage.util import img_as_float
+
+    image = getattr(skimage.data, name)()
+    if image.ndim == 3:
+        if image.shape[-1] == 4:
+            image = rgba2rgb(image)
+        image = rgb2gray(image)
+    return np.clip(img_as_float(image).astype(np.float64), 0.0, 1.0)
+
+
+def natural_image_rgb(name: str) -> np.ndarray:
+    """A scikit-image bundled image as uint8 RGB (grayscale ones replicated)."""
+    import skimage.data
+
+    image = np.asarray(getattr(skimage.data, name)())
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
+
+
+def shepp_logan_variant(
+    rng: np.random.Generator, half_width: float = ct.IMAGE_HALF_WIDTH, perturb: float = 1.0
+) -> np.ndarray:
+    """Ellipses ``(E, 6)`` (value, a, b, x0, y0, phi[rad]; metres) of a perturbed modified
+    Shepp-Logan phantom filling ~85% of ``[-half_width, half_width]^2``; ``perturb=0`` is the
+    original. Values stay in [0, 1]."""
+    e = SHEPP_LOGAN.copy()
+    if perturb:
+        e[2:, 1:3] *= rng.uniform(1 - 0.15 * perturb, 1 + 0.15 * perturb, size=(len(e) - 2, 2))
+        e[2:, 3:5] += rng.uniform(-0.04, 0.04, size=(len(e) - 2, 2)) * perturb
+        e[2:, 5] += rng.uniform(-10, 10, size=len(e) - 2) * perturb
+        e[4:, 0] *= rng.uniform(0.5, 2.0, size=len(e) - 4) ** perturb
+        e[:2, 1:3] *= rng.uniform(0.92, 1.0)
+    scale = 0.85 * half_width
+    out = np.empty_like(e)
+    out[:, 0] = e[:, 0]
+    out[:, 1:5] = e[:, 1:5] * scale
+    out[:, 5] = np.deg2rad(e[:, 5])
+    return out
+
+
+def random_body_ellipses(rng: np.random.Generator, half_width: float = ct.IMAGE_HALF_WIDTH) -> np.ndarray:
+    """A CT-like random phantom (metres): body (soft tissue ~0.25, i.e. water / MU_MAX), up to
+    two lungs (~0.03), bones (0.5-0.9) and small lesions; rejected and redrawn until its values
+    lie in [0, 1], so the exact sinogram of the ellipses is the sinogram of the stored image."""
+    for _ in range(100):
+        ellipses: List[List[float]] = []
+        a, b = rng.uniform(0.55, 0.85) * half_width, rng.uniform(0.45, 0.75) * half_width
+        cx, cy = rng.uniform(-0.05, 0.05, size=2) * half_width
+        phi = rng.uniform(-0.3, 0.3)
+        body = rng.uniform(0.2, 0.28)
+        ellipses.append([body, a, b, cx, cy, phi])
+        for side in (-1, 1)[: int(rng.integers(0, 3))]:
+            la, lb = rng.uniform(0.25, 0.4) * a, rng.uniform(0.3, 0.55) * b
+            ellipses.append(
+                [
+                    -body + rng.uniform(0.01, 0.05),
+                    la,
+                    lb,
+                    cx + side * 0.45 * a,
+                    cy + rng.uniform(-0.1, 0.1) * b,
+                    rng.uniform(-0.4, 0.4),
+                ]
+            )
+        for _ in range(int(rng.integers(1, 5))):
+            r = rng.uniform(0.04, 0.12) * a
+            ang, rad = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.75)
+            ellipses.append(
+                [
+                    rng.uniform(0.3, 0.65),
+                    r,
+                    r * rng.uniform(0.5, 1.0),
+                    cx + rad * a * np.cos(ang),
+                    cy + rad * b * np.sin(ang),
+                    rng.uniform(0, np.pi),
+                ]
+            )
+        for _ in range(int(rng.integers(2, 8))):
+            r = rng.uniform(0.02, 0.08) * a
+            ang, rad = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.8)
+            ellipses.append(
+                [
+                    rng.uniform(-0.06, 0.08),
+                    r,
+                    r * rng.uniform(0.4, 1.0),
+                    cx + rad * a * np.cos(ang),
+                    cy + rad * b * np.sin(ang),
+                    rng.uniform(0, np.pi),
+                ]
+            )
+        e = np.array(ellipses)
+        check = ct.rasterize_ellipses(e, 96, half_width, supersample=2)
+        if check.min() >= 0.0 and check.max() <= 1.0:
+            return e
+    raise RuntimeError("could not draw a phantom with values in [0, 1]")  # pragma: no cover
+
+
+def _ellipsoid_slice(e3: np.ndarray, z: float) -> np.ndarray:
+    """Cut ellipsoids (value, a, b, c, x0, y0, z0, phi) at height ``z`` -> 2D ellipses."""
+    rows = []
+    for rho, a, b, c, x0, y0, z0, phi in e3:
+        f = 1.0 - ((z - z0) / c) ** 2
+        if f > 1e-3:
+            rows.append([rho, a * math.sqrt(f), b * math.sqrt(f), x0, y0, phi])
+    return np.array(rows).reshape(-1, 6)
+
+
+def _smooth_field(
+    rng: np.random.Generator, shape: Tuple[int, int], scale: float, cutoff: int = 6
+) -> np.ndarray:
+    """Low-frequency random field (a few Fourier modes), zero mean, max |value| ~ ``scale``."""
+    spectrum = np.zeros(shape, dtype=np.complex128)
+    k = rng.normal(size=(cutoff, cutoff)) + 1j * rng.normal(size=(cutoff, cutoff))
+    spectrum[:cutoff, :cutoff] = k
+    field = np.real(np.fft.ifft2(spectrum))
+    field -= field.mean()
+    return field * (scale / (np.abs(field).max() + 1e-12))
+
+
+def knee_volume_images(rng: np.random.Generator, size: int, num_slices: int, source: str) -> np.ndarray:
+    """``(num_slices, size, size)`` magnitude images in [0, 1] that vary smoothly across slices,
+    from 3D random ellipsoids, a Shepp-Logan variant, or a bundled natural image (``source``)."""
+    zs = np.linspace(-0.6, 0.6, num_slices)
+    if source in ("ellipses", "shepp_logan"):
+        if source == "ellipses":
+            e2 = random_body_ellipses(rng)
+        else:
+            e2 = shepp_logan_variant(rng)
+        # extrude to ellipsoids of random height so structures appear/disappear across slices
+        c = rng.uniform(0.7, 1.6, size=len(e2))
+        c[0] = 10.0
+        z0 = rng.uniform(-0.4, 0.4, size=len(e2))
+        z0[0] = 0.0
+        e3 = np.column_stack([e2[:, 0], e2[:, 1], e2[:, 2], c, e2[:, 3], e2[:, 4], z0, e2[:, 5]])
+        texture = 1.0 + _smooth_field(rng, (size, size), 0.15, cutoff=12)
+        images = np.stack([ct.rasterize_ellipses(_ellipsoid_slice(e3, z), size, supersample=2) for z in zs])
+        images = np.clip(images * texture[None], 0.0, None)
+        return images / max(images.max(), 1e-12)
+    from skimage.transform import AffineTransform, resize, warp
+
+    base = natural_image(source)
+    side = min(base.shape)
+    frac = rng.uniform(0.6, 1.0)
+    crop = int(side * frac)
+    top = int(rng.integers(0, base.shape[0] - crop + 1))
+    left = int(rng.integers(0, base.shape[1] - crop + 1))
+    base = resize(base[top : top + crop, left : left + crop], (size, size), anti_aliasing=True)
+    centre = np.array([size / 2, size / 2])
+    out = []
+    for z in zs:
+        tf = (
+            AffineTransform(translation=-centre)
+            + AffineTransform(scale=1 + 0.08 * z, rotation=0.05 * z)
+            + AffineTransform(translation=centre)
+        )
+        out.append(warp(base, tf.inverse, mode="constant", cval=0.0))
+    images = np.clip(np.stack(out), 0.0, None)
+    return images / max(images.max(), 1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# fastMRI single-coil knee
+# ----------------------------------------------------------------------------------------------
+
+
+def knee_kspace_width(size: int) -> int:
+    """Phase-encoding width for a ``size`` reconstruction: 368 for 320 (fastMRI's typical value)."""
+    return 2 * int(round(size * 368 / 320 / 2))
+
+
+def ismrmrd_header(
+    enc_x: int, enc_y: int, recon: int, center: int, maximum: int, acquisition: str, num_slices: int
+) -> bytes:
+    """A real ISMRMRD XML header with the fields fastMRI reads (encodedSpace/reconSpace matrix
+    sizes, kspace_encoding_step_1 limits) plus typical knee protocol fields."""
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://www.ismrm.org/ISMRMRD ismrmrd.xsd">
+  <studyInformation><studyTime>12:00:00</studyTime></studyInformation>
+  <measurementInformation><measurementID>equinet-synthetic</measurementID><patientPosition>FFS</patientPosition><protocolName>{acquisition}</protocolName></measurementInformation>
+  <acquisitionSystemInformation><systemVendor>SIEMENS</systemVendor><systemModel>equinet synthetic</systemModel><systemFieldStrength_T>2.89362</systemFieldStrength_T><relativeReceiverNoiseBandwidth>0.793</relativeReceiverNoiseBandwidth><receiverChannels>1</receiverChannels></acquisitionSystemInformation>
+  <experimentalConditions><H1resonanceFrequency_Hz>123251815</H1resonanceFrequency_Hz></experimentalConditions>
+  <encoding>
+    <encodedSpace><matrixSize><x>{enc_x}</x><y>{enc_y}</y><z>1</z></matrixSize><fieldOfView_mm><x>280</x><y>{140 * enc_y / recon:.4f}</y><z>4.5</z></fieldOfView_mm></encodedSpace>
+    <reconSpace><matrixSize><x>{recon}</x><y>{recon}</y><z>1</z></matrixSize><fieldOfView_mm><x>140</x><y>140</y><z>3</z></fieldOfView_mm></reconSpace>
+    <encodingLimits>
+      <kspace_encoding_step_1><minimum>0</minimum><maximum>{maximum}</maximum><center>{center}</center></kspace_encoding_step_1>
+      <kspace_encoding_step_2><minimum>0</minimum><maximum>0</maximum><center>0</center></kspace_encoding_step_2>
+      <slice><minimum>0</minimum><maximum>{num_slices - 1}</maximum><center>0</center></slice>
+      <average><minimum>0</minimum><maximum>0</maximum><center>0</center></average>
+      <contrast><minimum>0</minimum><maximum>0</maximum><center>0</center></contrast>
+      <phase><minimum>0</minimum><maximum>0</maximum><center>0</center></phase>
+      <repetition><minimum>0</minimum><maximum>0</maximum><center>0</center></repetition>
+      <set><minimum>0</minimum><maximum>0</maximum><center>0</center></set>
+      <segment><minimum>0</minimum><maximum>0</maximum><center>0</center></segment>
+    </encodingLimits>
+    <trajectory>cartesian</trajectory>
+  </encoding>
+  <sequenceParameters><TR>2750</TR><TE>27</TE><TI>100</TI><flipAngle_deg>90</flipAngle_deg><sequence_type>TurboSpinEcho</sequence_type><echo_spacing>13.5</echo_spacing></sequenceParameters>
+</ismrmrdHeader>
+""".encode()
+
+
+def _fft2c(x: np.ndarray) -> np.ndarray:
+    """numpy twin of ``fastmri.fft2c`` (centred, orthonormal) on the last two axes."""
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def _ifft2c(x: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def _center_crop(x: np.ndarray, size: int) -> np.ndarray:
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def write_knee_volume(
+    path: PathLike, images: np.ndarray, acquisition: str, rng: np.random.Generator, patient_id: str
+) -> None:
+    """Write one fastMRI single-coil file from magnitude images ``(slices, S, S)`` in [0, 1].
+
+    The object fills the reconstruction FOV inside a ``2S x W`` field (readout oversampled 2x, as
+    fastMRI), gets a smooth phase, complex noise and MR-like scaling (~1e-4), is Fourier
+    transformed (``fft2c``) with a few zero phase-encoding columns at the edges (declared in the
+    header's encoding limits), and ``reconstruction_esc`` is the centre-cropped magnitude of the
+    inverse FFT of the stored complex64 k-space, so a full mask reproduces it exactly.
+    """
+    num_slices, size, _ = images.shape
+    rows, cols = 2 * size, knee_kspace_width(size)
+    fat_suppressed = acquisition == "CORPDFS_FBK"
+    scale = rng.uniform(0.6, 1.4) * (4e-5 if fat_suppressed else 1e-4)
+    noise = (0.03 if fat_suppressed else 0.015) * scale
+    field = np.zeros((num_slices, rows, cols), dtype=np.complex128)
+    top, left = (rows - size) // 2, (cols - size) // 2
+    phase = _smooth_field(rng, (rows, cols), 1.2, cutoff=4)
+    field[:, top : top + size, left : left + size] = images * scale
+    field = field * np.exp(1j * phase)[None]
+    field += noise * (rng.normal(size=field.shape) + 1j * rng.normal(size=field.shape)) / math.sqrt(2)
+    kspace = _fft2c(field)
+    pad_left, pad_right = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    kspace[..., :pad_left] = 0
+    kspace[..., cols - pad_right :] = 0
+    kspace = kspace.astype(np.complex64)
+    recon = _center_crop(np.abs(_ifft2c(kspace.astype(np.complex128))), size).astype(np.float32)
+    center = cols // 2 - pad_left
+    maximum = cols - pad_left - pad_right - 1
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=kspace, chunks=(1, rows, cols))
+        f.create_dataset("reconstruction_esc", data=recon, chunks=(1, size, size))
+        f.create_dataset(
+            "ismrmrd_header", data=ismrmrd_header(rows, cols, size, center, maximum, acquisition, num_slices)
+        )
+        f.attrs["max"] = float(recon.max())
+        f.attrs["norm"] = float(np.linalg.norm(recon))
+        f.attrs["acquisition"] = acquisition
+        f.attrs["patient_id"] = patient_id
+
+
+def write_knee_dataset(
+    out: PathLike,
+    num_volumes: int = 8,
+    num_slices: int = 8,
+    size: int = 320,
+    num_val: Optional[int] = None,
+    num_test: Optional[int] = None,
+    seed: int = 0,
+) -> Dict[str, List[Path]]:
+    """``out/singlecoil_{train,val,test}/file9SNNNNN.h5`` in the fastMRI single-coil format.
+
+    Volumes alternate PD / PDFS acquisitions and cycle through random ellipsoids, Shepp-Logan
+    variants and bundled natural images. ``num_val``/``num_test`` default to ``max(2, N // 4)``.
+    """
+    if size < 8 or num_volumes < 1 or num_slices < 1:
+        raise ValueError(
+            f"need size >= 8, num_volumes >= 1, num_slices >= 1; got {size}, {num_volumes}, {num_slices}"
+        )
+    counts = {"train": num_volumes, "val": num_val if num_val is not None else max(2, num_volumes // 4)}
+    counts["test"] = num_test if num_test is not None else counts["val"]
+    sources = ("ellipses", "shepp_logan") + NATURAL_IMAGES
+    written: Dict[str, List[Path]] = {}
+    out = Path(out)
+    for split_index, split in enumerate(KNEE_SPLITS):
+        folder = out / f"singlecoil_{split}"
+        folder.mkdir(parents=True, exist_ok=True)
+        written[split] = []
+        for i in range(counts[split]):
+            rng = np.random.default_rng(stable_seed("knee", seed, split, i))
+            source = sources[(i + 3 * split_index) % len(sources)]
+            acquisition = KNEE_ACQUISITIONS[i % 2]
+            images = knee_volume_images(rng, size, num_slices, source)
+            path = folder / f"file9{split_index}{i:05d}.h5"
+            write_knee_volume(path, images, acquisition, rng, patient_id=f"synthetic-{split}-{i:05d}-{seed}")
+            written[split].append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# LoDoPaB-CT
+# ----------------------------------------------------------------------------------------------
+
+
+def lodopab_sample(
+    rng: np.random.Generator,
+    geometry: ct.ParallelBeamGeometry,
+    generator: torch.Generator,
+    photons_per_pixel: float,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """One (ground truth in [0, 1], post-log observation) pair from a random CT-like phantom or a
+    Shepp-Logan variant; the sinogram is the exact (analytic) transform of the ellipses."""
+    if rng.uniform() < 0.25:
+        ellipses = shepp_logan_variant(rng)
+    else:
+        ellipses = random_body_ellipses(rng)
+    truth = np.clip(ct.rasterize_ellipses(ellipses, geometry.image_size), 0.0, 1.0).astype(np.float32)
+    line_integrals = torch.from_numpy(ct.ellipse_sinogram(ellipses, geometry))
+    observation = ct.simulate_observation(line_integrals, photons_per_pixel, generator=generator)
+    return truth, observation.numpy().astype(np.float32)
+
+
+def write_lodopab_dataset(
+    out: PathLike,
+    num_train: int = 60,
+    num_val: Optional[int] = None,
+    num_test: Optional[int] = None,
+    size: int = ct.LODOPAB_IMAGE_SIZE,
+    num_angles: Optional[int] = None,
+    samples_per_file: int = 128,
+    photons_per_pixel: float = ct.PHOTONS_PER_PIXEL,
+    seed: int = 0,
+) -> Dict[str, int]:
+    """``out/{ground_truth,observation}_{train,validation,test}_NNN.hdf5`` in LoDoPaB's format.
+
+    Key ``data``; ``samples_per_file`` rows per file (LoDoPaB: 128), the last file of each part
+    zero-padded. The true counts and rows per file go to ``equinet_lodopab.json`` (real LoDoPaB
+    uses the published constants instead; the loader applies the same rule to both). ``size=362``
+    with ``num_angles=None`` is exactly LoDoPaB's geometry (1000 angles, 513 bins).
+    """
+    geometry = ct.ParallelBeamGeometry.for_image_size(size, num_angles)
+    num_val = num_val if num_val is not None else max(1, num_train // 4)
+    num_test = num_test if num_test is not None else num_val
+    counts = {"train": num_train, "validation": num_val, "test": num_test}
+    if min(counts.values()) < 1 or samples_per_file < 1:
+        raise ValueError(
+            f"need >= 1 sample per part and per file, got {counts}, samples_per_file={samples_per_file}"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for part, count in counts.items():
+        num_files = math.ceil(count / samples_per_file)
+        for k in range(num_files):
+            rows = range(k * samples_per_file, min(count, (k + 1) * samples_per_file))
+            truths = np.zeros((samples_per_file, geometry.image_size, geometry.image_size), dtype=np.float32)
+            observations = np.zeros(
+                (samples_per_file, geometry.num_angles, geometry.num_detectors), dtype=np.float32
+            )
+            for r, index in enumerate(rows):
+                rng = np.random.default_rng(stable_seed("lodopab", seed, part, index))
+                generator = torch.Generator().manual_seed(stable_seed("lodopab-noise", seed, part, index))
+                truths[r], observations[r] = lodopab_sample(rng, geometry, generator, photons_per_pixel)
+            for prefix, array in (("ground_truth", truths), ("observation", observations)):
+                with h5py.File(out / f"{prefix}_{part}_{k:03d}.hdf5", "w") as f:
+                    # full-length file; padding rows are left unwritten and read as the fill value 0
+                    data = f.create_dataset(
+                        "data",
+                        shape=array.shape,
+                        dtype=np.float32,
+                        chunks=(1, *array.shape[1:]),
+                        fillvalue=0.0,
+                    )
+                    data[: len(rows)] = array[: len(rows)]
+    manifest = {
+        "format": "LoDoPaB-CT layout, written by equinet (synthetic)",
+        "samples_per_file": samples_per_file,
+        "num_samples": counts,
+        "geometry": geometry.__dict__,
+        "photons_per_pixel": photons_per_pixel,
+        "mu_max": ct.MU_MAX,
+        "seed": seed,
+    }
+    (out / LODOPAB_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageNet validation folder
+# ----------------------------------------------------------------------------------------------
+
+
+def write_imagenet_folder(
+    out: PathLike,
+    num_images: int = 64,
+    size: int = 375,
+    layout: str = "flat",
+    seed: int = 0,
+) -> List[Path]:
+    """JPEGs named ``ILSVRC2012_val_%08d.JPEG`` (flat, or in ``nXXXXXXXX/`` class folders) from
+    random crops of bundled natural images; shorter side ``size``, 4:3 landscape or portrait.
+    Most are RGB; every 7th is grayscale (``L``) and every 11th CMYK, as in the real set."""
+    from PIL import Image
+
+    if layout not in ("flat", "classes"):
+        raise ValueError(f"layout must be 'flat' or 'classes', got {layout!r}")
+    if num_images < 1 or size < 8:
+        raise ValueError(f"need num_images >= 1 and size >= 8, got {num_images}, {size}")
+    out = Path(out)
+    written = []
+    for i in range(num_images):
+        rng = np.random.default_rng(stable_seed("imagenet", seed, i))
+        base = natural_image_rgb(NATURAL_IMAGES[i % len(NATURAL_IMAGES)])
+        long_side = int(round(size * 4 / 3))
+        h, w = (size, long_side) if rng.uniform() < 0.7 else (long_side, size)
+        frac = rng.uniform(0.6, 1.0)
+        ch = max(8, int(base.shape[0] * frac))
+        cw = max(8, min(base.shape[1], int(ch * w / h)))
+        top = int(rng.integers(0, base.shape[0] - ch + 1))
+        left = int(rng.integers(0, base.shape[1] - cw + 1))
+        image = Image.fromarray(base[top : top + ch, left : left + cw]).resize(
+            (w, h), Image.Resampling.BICUBIC
+        )
+        if rng.uniform() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if i % 7 == 3:
+            image = image.convert("L")
+        elif i % 11 == 5:
+            image = image.convert("CMYK")
+        name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+        folder = out / f"n{i % 10:08d}" if layout == "classes" else out
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / name, format="JPEG", quality=90)
+        written.append(folder / name)
+    log.debug("wrote %d JPEGs to %s", len(written), out)
+    return written
