@@ -25,17 +25,6 @@ SYNTHETIC = sorted(p.stem for p in (CONFIGS / "synthetic").glob("*.yaml"))
 EQUIVARIANT = {"aps", "aps3", "lps"}
 
 
-def _has_data_modules() -> bool:
-    try:
-        from equinet.data import FastMRIDataModule, LoDoPaBDataModule  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_data = pytest.mark.skipif(not _has_data_modules(), reason="equinet.data DataModules not on this branch yet")
-
-
 def _strategy_available(name: str) -> bool:
     from equinet.sampling import list_strategies
 
@@ -81,7 +70,6 @@ def test_paper_hyperparameters(strategy):
         assert args["sampling_kwargs"] == kwargs
 
 
-@needs_data
 @pytest.mark.parametrize("config", ALL, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_config_parses_with_overrides(capsys, config, tmp_path):
     with pytest.raises(SystemExit) as exc:
@@ -117,7 +105,6 @@ def _summary_rows(run_dir: Path):
         return list(csv.DictReader(f))
 
 
-@needs_data
 @pytest.mark.filterwarnings("ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*")
 @pytest.mark.parametrize("strategy", SYNTHETIC)
 def test_synthetic_config_fit_then_test_writes_equivariance_summary(strategy, data_dir, tmp_path):
@@ -150,7 +137,6 @@ def real_format_roots(tmp_path_factory):
     return {"fastmri": base / "knee", "lodopab": base / "lodopab"}
 
 
-@needs_data
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*")
 @pytest.mark.parametrize("config", [p for p in ALL if p.parent.name != "synthetic"],

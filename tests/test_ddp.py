@@ -12,7 +12,6 @@ import subprocess
 import textwrap
 
 import pytest
-from test_cli_configs import needs_data
 from test_lightning_fixtures import REPO, cli_env, equinet_cmd, run_cli
 
 CONFIG = textwrap.dedent("""
@@ -98,7 +97,6 @@ def test_ddp_test_stage_with_equivariance_equals_single_process(tmp_path):
                          ["nmse", "psnr", "ssim", "equivariance_nmse", "equivariance_ssim", "worst_dpsnr_max"])
 
 
-@needs_data
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*")
 def test_ddp_on_the_synthetic_fastmri_config(tmp_path):

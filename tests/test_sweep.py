@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli_configs import needs_data
 from test_lightning_fixtures import REPO, run_cli
 
 SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
@@ -59,7 +58,6 @@ def test_sweep_file_is_well_formed(path):
     assert len(list(grid(sweep))) > 1
 
 
-@needs_data
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_rendered_sweep_commands_parse_through_the_cli(path, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("EQUINET_DATA_ROOT", str(tmp_path))
@@ -80,7 +78,6 @@ def test_rendered_sweep_commands_parse_through_the_cli(path, capsys, monkeypatch
             assert cfg["data"]["init_args"]["root"] == str(tmp_path)
 
 
-@needs_data
 @pytest.mark.filterwarnings("ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*")
 def test_synthetic_sweep_runs_one_offline_step_with_wandb(monkeypatch, tmp_path):
     import wandb
