@@ -24,6 +24,12 @@ commands:
   fit | validate | test | predict   train/evaluate with the Lightning CLI (see `equinet fit --help`)
   data                              create synthetic datasets in the real file formats (`equinet data --help`)
   equivariance                      shift-equivariance table of random U-Nets for every strategy
+
+examples:
+  equinet fit --config experiments/configs/synthetic/aps.yaml
+  equinet fit --config experiments/configs/fastmri/aps.yaml --data.root /data/knee --ckpt_path last
+  equinet test --config experiments/configs/fastmri/aps.yaml --data.root /data/knee --ckpt_path last
+  equinet fit --config experiments/configs/fastmri/aps.yaml --print_config
 """
 
 

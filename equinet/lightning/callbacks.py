@@ -1,0 +1,310 @@
+"""Callbacks: test-time shift-equivariance, image logging, run-directory checkpoints, resumable RNG.
+
+All of them work with any reconstruction LightningModule whose ``forward(x)`` returns the
+(normalised, clamped) reconstruction and whose ``validation_step``/``test_step`` return
+``{"output": ...}``, as :class:`equinet.lightning.ReconstructionModule` does.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+from equinet.data.types import ReconSample
+from equinet.lightning.evaluation import (
+    batch_keys,
+    circular_shift_per_sample,
+    denormalise,
+    gather_unique,
+    image_shifts,
+    slice_records,
+    summarise,
+    volume_metrics,
+    volume_shift,
+)
+
+
+def _batch(batch: Any) -> ReconSample:
+    if isinstance(batch, ReconSample):
+        return batch
+    if isinstance(batch, (tuple, list)) and len(batch) == len(ReconSample._fields):
+        return ReconSample(*batch)
+    if isinstance(batch, dict):
+        return ReconSample(**batch)
+    raise TypeError(f"expected a ReconSample batch (fields {ReconSample._fields}), got {type(batch).__name__}")
+
+
+class EquivarianceEvaluation(Callback):
+    """Shift-equivariance metrics of the APS-U paper (Sec. 4), computed in ``equinet test``.
+
+    Per volume: NMSE and SSIM between ``T_k(G(x))`` and ``G(T_k(x))`` with one random circular
+    shift ``k`` in ``[-max_shift, max_shift]^2`` per volume (seeded by ``seed`` and the volume
+    name). Per image: the worst ``|dPSNR| = |PSNR(G(T_k x), T_k y) - PSNR(G(x), y)|`` over
+    ``num_dpsnr_shifts`` random shifts (Table 2). Exact under DDP (records gathered and
+    de-duplicated); the module logs the means and writes them into the test report.
+
+    Args:
+        max_shift: largest shift per axis, in pixels (the paper: 16).
+        num_dpsnr_shifts: random shifts per image for the worst-case |dPSNR| (the paper: 10);
+            0 skips it (each shift costs one forward pass of the batch).
+        seed: seed of the shifts; a volume's shifts depend only on (seed, fname, slice).
+    """
+
+    def __init__(self, max_shift: int = 16, num_dpsnr_shifts: int = 10, seed: int = 0) -> None:
+        if max_shift < 0 or num_dpsnr_shifts < 0:
+            raise ValueError(f"max_shift and num_dpsnr_shifts must be >= 0, got {max_shift}, {num_dpsnr_shifts}")
+        self.max_shift = int(max_shift)
+        self.num_dpsnr_shifts = int(num_dpsnr_shifts)
+        self.seed = int(seed)
+        self._records: List[Dict[str, Any]] = []
+        self.volumes: List[Dict[str, Any]] = []
+        self.images: List[Dict[str, Any]] = []
+        self.duplicates = 0
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._records = []
+
+    @torch.no_grad()
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        b = _batch(batch)
+        x = b.input
+        n = x.shape[0]
+        keys = batch_keys(b.fname, b.slice_num, n)
+        output = outputs["output"] if isinstance(outputs, dict) and "output" in outputs else pl_module(x)
+
+        # equivariance: T_k G(x) vs G(T_k x), one k per volume
+        k = torch.stack([volume_shift(self.seed, f, self.max_shift) for f, _ in keys])
+        reference = denormalise(circular_shift_per_sample(output, k), b.mean, b.std)
+        shifted = denormalise(pl_module(circular_shift_per_sample(x, k)), b.mean, b.std)
+        records = slice_records(keys, reference, shifted, b.max_value, prefix="equivariance_")
+        for r, kk in zip(records, k.tolist()):
+            r["shift_h"], r["shift_w"] = kk
+
+        # worst-case |dPSNR| over random shifts per image; the data range cancels in the
+        # difference of two PSNRs, so normalised units give the same dPSNR as original ones.
+        if self.num_dpsnr_shifts:
+            y = b.target
+            per_image = torch.stack([image_shifts(self.seed, f, s, self.num_dpsnr_shifts, self.max_shift)
+                                     for f, s in keys])  # (B, n, 2)
+            base = ((output - y).to(torch.float64) ** 2).flatten(1).mean(dim=1)
+            worst = torch.zeros_like(base)
+            for j in range(self.num_dpsnr_shifts):
+                kj = per_image[:, j]
+                out_j = pl_module(circular_shift_per_sample(x, kj))
+                mse_j = ((out_j - circular_shift_per_sample(y, kj)).to(torch.float64) ** 2).flatten(1).mean(dim=1)
+                worst = torch.maximum(worst, (10 * torch.log10(base / mse_j)).abs())
+            for r, w in zip(records, worst.cpu().tolist()):
+                r["worst_dpsnr"] = w
+        self._records.extend(records)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        records, self.duplicates = gather_unique(self._records)
+        self._records = []
+        self.volumes = volume_metrics(records)
+        self.images = [{"fname": r["fname"], "slice_num": r["slice_num"], "shift": f"({r['shift_h']}, {r['shift_w']})",
+                        "equivariance_ssim": r["equivariance_ssim"], **({"worst_dpsnr": r["worst_dpsnr"]}
+                                                                        if "worst_dpsnr" in r else {})}
+                       for r in records]
+        for name, value in summarise(self.volumes, self.images).items():
+            # identical on every rank after the gather: sync_dist only silences Lightning's DDP warning
+            pl_module.log(f"test/{name}", value, sync_dist=True)
+
+    def report(self) -> Dict[str, Any]:
+        """What the module merges into the test report: per-volume and per-image rows."""
+        return {"volumes": self.volumes, "images": self.images, "meta": {
+            "equivariance shifts": f"one per volume in [-{self.max_shift}, {self.max_shift}]^2, seed {self.seed}",
+            "worst-case |dPSNR| shifts per image": self.num_dpsnr_shifts}}
+
+
+# --------------------------------------------------------------------------------------------
+def _to_uint8(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scale = (hi - lo) if hi > lo else 1.0
+    return (np.clip((img - lo) / scale, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+class ReconstructionImageLogger(Callback):
+    """Logs ``input | output | target | |output - target| | |G(T_k x) - T_k G(x)|`` panels.
+
+    The last panel is the shift-difference map: black for an exactly shift-equivariant network
+    (APS/LPS with circular padding), structured for max-pooling -- equivariance at a glance.
+    ``k`` is the volume's seeded shift (as in :class:`EquivarianceEvaluation`). The error and
+    shift-difference panels share one grey scale (0 .. max error), so they compare directly.
+
+    Works with whichever loggers are configured: TensorBoard (``add_image``), W&B
+    (``log_image``), and for any other logger (e.g. CSV) or none, PNG files under
+    ``<log_dir>/images/``.
+
+    Args:
+        num_images: images from the first validation/test batch (global rank 0).
+        every_n_epochs: log every n-th validation epoch (0: never during fit); test always logs.
+        max_shift, seed: the shift ``k`` used for the last panel.
+    """
+
+    def __init__(self, num_images: int = 2, every_n_epochs: int = 1, max_shift: int = 16, seed: int = 0) -> None:
+        self.num_images = int(num_images)
+        self.every_n_epochs = int(every_n_epochs)
+        self.max_shift = int(max_shift)
+        self.seed = int(seed)
+        self.saved_files: List[Path] = []
+
+    def _due(self, trainer: pl.Trainer, stage: str, batch_idx: int, dataloader_idx: int) -> bool:
+        if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking or self.num_images <= 0:
+            return False
+        if not trainer.is_global_zero:
+            return False
+        if stage == "val":
+            return self.every_n_epochs > 0 and trainer.current_epoch % self.every_n_epochs == 0
+        return True
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(trainer, "val", batch_idx, dataloader_idx):
+            self.log_panels(trainer, pl_module, outputs, batch, "val")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(trainer, "test", batch_idx, dataloader_idx):
+            self.log_panels(trainer, pl_module, outputs, batch, "test")
+
+    @torch.no_grad()
+    def panels(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> List[Dict[str, Any]]:
+        """Composite uint8 images ``(H, 5W + 8)`` with captions, one per logged sample."""
+        b = _batch(batch)
+        n = min(self.num_images, b.input.shape[0])
+        x = b.input[:n]
+        keys = batch_keys(b.fname, b.slice_num, b.input.shape[0])[:n]
+        output = outputs["output"][:n] if isinstance(outputs, dict) and "output" in outputs else pl_module(x)
+        k = torch.stack([volume_shift(self.seed, f, self.max_shift) for f, _ in keys])
+        shift_diff = (pl_module(circular_shift_per_sample(x, k)) - circular_shift_per_sample(output, k)).abs()
+        mean, std = b.mean, b.std
+        sel = (lambda v: v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+        inp = denormalise(x, sel(mean), sel(std))
+        out = denormalise(output, sel(mean), sel(std))
+        tgt = denormalise(b.target[:n], sel(mean), sel(std))
+        shift_diff = shift_diff * torch.as_tensor(sel(std), dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+        result = []
+        for i, (fname, slice_num) in enumerate(keys):
+            ims = [a[i, 0].detach().float().cpu().numpy() for a in (inp, out, tgt)]
+            err = np.abs(ims[1] - ims[2])
+            sd = shift_diff[i, 0].detach().float().cpu().numpy()
+            lo, hi = float(ims[2].min()), float(ims[2].max())
+            emax = float(err.max())
+            tiles = [_to_uint8(a, lo, hi) for a in ims] + [_to_uint8(err, 0.0, emax), _to_uint8(sd, 0.0, emax)]
+            sep = np.full((tiles[0].shape[0], 2), 255, np.uint8)
+            composite = np.concatenate([t for tile in tiles for t in (tile, sep)][:-1], axis=1)
+            caption = (f"{fname} slice {slice_num}: input | output | target | |error| (max {emax:.3g}) | "
+                       f"|G(T_k x) - T_k G(x)| k={tuple(k[i].tolist())} (max {float(sd.max()):.3g})")
+            result.append({"image": composite, "caption": caption, "tag": f"{fname}_slice{slice_num}",
+                           "shift_diff_max": float(sd.max())})
+        return result
+
+    def log_panels(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                   stage: str) -> None:
+        items = self.panels(pl_module, outputs, batch)
+        step = trainer.global_step
+        wrote_native = False
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for it in items:
+                    logger.experiment.add_image(f"{stage}/images/{it['tag']}", it["image"], step, dataformats="HW")
+                wrote_native = True
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(key=f"{stage}/images", images=[it["image"] for it in items],
+                                 caption=[it["caption"] for it in items])
+                wrote_native = True
+        if not wrote_native:
+            from PIL import Image
+
+            log_dir = trainer.log_dir or trainer.default_root_dir
+            out_dir = Path(log_dir) / "images"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for it in items:
+                path = out_dir / f"{stage}_epoch{trainer.current_epoch:03d}_step{step:07d}_{it['tag']}.png"
+                tmp = path.with_name("." + path.name + ".tmp")
+                Image.fromarray(it["image"]).save(tmp, format="PNG")
+                tmp.replace(path)
+                self.saved_files.append(path)
+
+
+# --------------------------------------------------------------------------------------------
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose default directory is ``<trainer.default_root_dir>/checkpoints``.
+
+    Lightning's default puts checkpoints inside the logger's ``version_N`` folder, and a resumed
+    run gets a new version -- so ``--ckpt_path last`` would look in an empty folder and silently
+    start from scratch. One folder per run directory makes ``equinet fit ... --ckpt_path last``
+    find the previous run's ``last.ckpt``. (Resuming into that non-empty folder is expected, so
+    Lightning's "directory is not empty" warning is skipped then.)
+    """
+
+    def _default_dirpath(self, trainer: pl.Trainer) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+
+    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set:
+        # called while resolving ckpt_path="last", before setup()
+        self._default_dirpath(trainer)
+        found = super()._find_last_checkpoints(trainer)
+        self._resuming_from_last = bool(found)
+        return found
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._default_dirpath(trainer)
+        self._stage = stage
+        with warnings.catch_warnings():
+            if getattr(self, "_resuming_from_last", False):
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        # validate/test/predict of a checkpoint (often another run's) save nothing: the
+        # best/last bookkeeping only matters when resuming a fit.
+        if getattr(self, "_stage", "fit") == "fit":
+            super().load_state_dict(state_dict)
+
+
+class ResumableRNG(Callback):
+    """Saves the torch (CPU and CUDA), NumPy and Python RNG states in every checkpoint.
+
+    Lightning restores model, optimiser, scheduler and loop state but not the random number
+    generators; a resumed run would then shuffle, augment or Gumbel-sample (LPS) differently from
+    an uninterrupted one. Stored as tensors and tuples of ints, so checkpoints still load with
+    ``torch.load(weights_only=True)``. Under DDP the state of global rank 0 is saved.
+    """
+
+    def state_dict(self) -> Dict[str, Any]:
+        np_state = np.random.get_state()
+        state: Dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        n = state_dict["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        cuda = state_dict.get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def find_callback(trainer: Optional[pl.Trainer], cls: type) -> Optional[Callback]:
+    """The first callback of type ``cls`` attached to ``trainer`` (or ``None``)."""
+    if trainer is None:
+        return None
+    return next((cb for cb in trainer.callbacks if isinstance(cb, cls)), None)

@@ -1,0 +1,283 @@
+"""Per-volume evaluation that is exact under DDP, and the run-directory reports.
+
+Metrics follow ``fastmri.evaluate`` (and so the APS-U paper): NMSE, PSNR and SSIM are computed
+per *volume* (all slices of one ``fname``) in original units and then averaged over volumes.
+Every slice contributes a small record -- sums that add up over a volume plus the slice SSIM --
+so the volume metrics are exact whatever the batching, and under DDP the records of all ranks
+are gathered and de-duplicated by ``(fname, slice_num)``: Lightning's ``DistributedSampler``
+pads the last batch with repeated samples, which a plain ``sync_dist`` mean would count twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from equinet.metrics import random_shifts, ssim
+
+Record = Dict[str, Any]
+
+# Volume means over these per-volume columns are what gets logged and summarised.
+RECON_COLUMNS = ("nmse", "psnr", "ssim")
+EQUIVARIANCE_COLUMNS = ("equivariance_nmse", "equivariance_ssim")
+
+
+# --------------------------------------------------------------------------------------------
+# per-slice records
+# --------------------------------------------------------------------------------------------
+def _as_list(x: Any, n: int) -> List[Any]:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().reshape(-1).tolist()
+    elif isinstance(x, (int, float, str)):
+        x = [x] * n
+    return list(x)
+
+
+def batch_keys(fname: Sequence[str] | str, slice_num: Any, n: int) -> List[Tuple[str, int]]:
+    """``(fname, slice_num)`` of every sample of a collated batch of ``n`` samples."""
+    names = [fname] * n if isinstance(fname, str) else list(fname)
+    slices = [int(s) for s in _as_list(slice_num, n)]
+    if len(names) != n or len(slices) != n:
+        raise ValueError(f"batch has {n} images but {len(names)} fnames and {len(slices)} slice numbers")
+    return list(zip(names, slices))
+
+
+def denormalise(x: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+    """``x * std + mean`` per sample (``x`` is ``(B, C, *spatial)``; mean/std scalars or ``(B,)``)."""
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(shape) if not isinstance(mean, (int, float)) else mean
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(shape) if not isinstance(std, (int, float)) else std
+    return x * std + mean
+
+
+def slice_records(
+    keys: Sequence[Tuple[str, int]],
+    target: torch.Tensor,
+    output: torch.Tensor,
+    max_value: Any,
+    prefix: str = "",
+) -> List[Record]:
+    """One record per image: ``sse``, ``ref_sq`` (= ||target||^2), ``numel``, ``ssim``, ``max_value``.
+
+    ``target``/``output`` are ``(B, 1, H, W)`` in original units. The sums are float64, so a
+    volume's NMSE ``sum sse / sum ref_sq`` and PSNR ``10 log10(max^2 / (sum sse / sum numel))``
+    equal fastMRI's on the stacked volume; SSIM is fastMRI's (scikit-image, 7x7) per slice.
+    ``prefix`` namespaces the fields (``"equivariance_"`` for the shift metrics).
+    """
+    t = target.detach().to(torch.float64).flatten(1)
+    o = output.detach().to(torch.float64).flatten(1)
+    sse = ((t - o) ** 2).sum(dim=1).cpu().numpy()
+    ref_sq = (t**2).sum(dim=1).cpu().numpy()
+    maxvals = [float(m) for m in _as_list(max_value, len(keys))]
+    t_img = target.detach().to(torch.float64).cpu().numpy()
+    o_img = output.detach().to(torch.float64).cpu().numpy()
+    records = []
+    for i, (fname, slice_num) in enumerate(keys):
+        gt, pred = t_img[i].reshape(-1, *t_img.shape[-2:]), o_img[i].reshape(-1, *o_img.shape[-2:])
+        slice_ssim = ssim(gt, pred, maxvals[i]) if min(gt.shape[-2:]) >= 7 else float("nan")
+        records.append({
+            "fname": fname,
+            "slice_num": slice_num,
+            "max_value": maxvals[i],
+            f"{prefix}sse": float(sse[i]),
+            f"{prefix}ref_sq": float(ref_sq[i]),
+            f"{prefix}numel": int(t.shape[1]),
+            f"{prefix}ssim": slice_ssim,
+        })
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# gathering across ranks
+# --------------------------------------------------------------------------------------------
+def gather_unique(records: List[Record]) -> Tuple[List[Record], int]:
+    """All ranks' records, one per ``(fname, slice_num)``, sorted; and how many duplicates were dropped.
+
+    Under DDP this is a collective (every rank must call it); records are small (a few numbers per
+    slice), so ``all_gather_object`` costs little next to the forward passes that produced them.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: List[Optional[List[Record]]] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, records)
+        records = [r for part in parts for r in (part or [])]
+    unique: Dict[Tuple[str, int], Record] = {}
+    for r in records:
+        unique.setdefault((r["fname"], int(r["slice_num"])), r)
+    return [unique[k] for k in sorted(unique)], len(records) - len(unique)
+
+
+def merge_records(*tables: Iterable[Record]) -> List[Record]:
+    """Join per-slice tables on ``(fname, slice_num)`` (later tables add/override fields)."""
+    merged: Dict[Tuple[str, int], Record] = {}
+    for table in tables:
+        for r in table:
+            merged.setdefault((r["fname"], int(r["slice_num"])), {}).update(r)
+    return [merged[k] for k in sorted(merged)]
+
+
+# --------------------------------------------------------------------------------------------
+# per-volume metrics
+# --------------------------------------------------------------------------------------------
+def volume_metrics(records: List[Record]) -> List[Record]:
+    """Per-volume NMSE/PSNR/SSIM (and the ``equivariance_*`` ones where present), one row per fname.
+
+    NMSE and PSNR come from the volume's summed squared errors, SSIM is the mean of the slices'
+    SSIM -- exactly ``fastmri.evaluate`` on the stacked volume, with ``maxval`` the volume's
+    ``max_value`` (its data range in original units).
+    """
+    by_volume: Dict[str, List[Record]] = {}
+    for r in records:
+        by_volume.setdefault(r["fname"], []).append(r)
+    rows = []
+    for fname in sorted(by_volume):
+        rs = sorted(by_volume[fname], key=lambda r: int(r["slice_num"]))
+        row: Record = {"fname": fname, "slices": len(rs), "max_value": max(r["max_value"] for r in rs)}
+        if "sse" in rs[0]:
+            sse = math.fsum(r["sse"] for r in rs)
+            row["nmse"] = sse / math.fsum(r["ref_sq"] for r in rs)
+            mse = sse / sum(r["numel"] for r in rs)
+            row["psnr"] = 10 * math.log10(row["max_value"] ** 2 / mse) if mse > 0 else float("inf")
+            row["ssim"] = float(np.mean([r["ssim"] for r in rs]))
+            if "loss" in rs[0]:
+                row["loss"] = float(np.mean([r["loss"] for r in rs]))
+        if "equivariance_sse" in rs[0]:
+            row["equivariance_nmse"] = math.fsum(r["equivariance_sse"] for r in rs) / math.fsum(
+                r["equivariance_ref_sq"] for r in rs)
+            row["equivariance_ssim"] = float(np.mean([r["equivariance_ssim"] for r in rs]))
+            row["shift"] = f"({rs[0]['shift_h']}, {rs[0]['shift_w']})"
+        if "worst_dpsnr" in rs[0]:
+            row["worst_dpsnr_max"] = float(max(r["worst_dpsnr"] for r in rs))
+        rows.append(row)
+    return rows
+
+
+def summarise(volumes: List[Record], images: List[Record]) -> Dict[str, float]:
+    """Dataset-level numbers: means over volumes; worst-case |dPSNR| mean and max over images."""
+    out: Dict[str, float] = {}
+    for col in RECON_COLUMNS + EQUIVARIANCE_COLUMNS + ("loss",):
+        vals = [v[col] for v in volumes if col in v]
+        if vals:
+            out[col] = float(np.mean(vals))
+    dpsnr = [r["worst_dpsnr"] for r in images if "worst_dpsnr" in r]
+    if dpsnr:
+        out["worst_dpsnr_mean"] = float(np.mean(dpsnr))
+        out["worst_dpsnr_max"] = float(np.max(dpsnr))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# seeded shifts, vectorised per-sample circular shifts
+# --------------------------------------------------------------------------------------------
+def _generator(*key: Any) -> torch.Generator:
+    digest = hashlib.sha256(":".join(str(k) for k in key).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def volume_shift(seed: int, fname: str, max_shift: int = 16, dim: int = 2) -> torch.Tensor:
+    """The one random shift in ``[-max_shift, max_shift]^dim`` of volume ``fname`` (seeded, (dim,)).
+
+    A function of ``(seed, fname)`` only, so the shift is the same whatever the batch size,
+    sample order or number of DDP ranks.
+    """
+    return random_shifts(1, dim, max_shift, _generator("volume", seed, fname))[0]
+
+
+def image_shifts(seed: int, fname: str, slice_num: int, n: int, max_shift: int = 16, dim: int = 2) -> torch.Tensor:
+    """``n`` random shifts ``(n, dim)`` for the worst-case |dPSNR| of one image (seeded by its key)."""
+    return random_shifts(n, dim, max_shift, _generator("image", seed, fname, int(slice_num)))
+
+
+def circular_shift_per_sample(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Circular shift of each sample ``x[b]`` by ``shifts[b]`` over the last ``shifts.shape[1]`` dims.
+
+    Equals ``torch.roll(x[b], shifts[b], dims)`` for every ``b`` (``T_k`` of the APS-U paper), done
+    as one gather per dimension instead of a Python loop over the batch, for any shift size.
+    (``equinet.sampling.polyphase.roll_per_sample`` is the variant for phase offsets smaller than
+    a stride, where a few masked rolls are cheaper than a gather.)
+    """
+    if shifts.dim() != 2 or shifts.shape[0] != x.shape[0]:
+        raise ValueError(f"shifts must be (batch={x.shape[0]}, dims), got {tuple(shifts.shape)}")
+    ndim = shifts.shape[1]
+    shifts = shifts.to(device=x.device, dtype=torch.long)
+    for d in range(ndim):
+        axis = x.dim() - ndim + d
+        size = x.shape[axis]
+        # output[i] = input[(i - s) mod size]
+        idx = (torch.arange(size, device=x.device)[None, :] - shifts[:, d : d + 1]) % size  # (B, size)
+        view = [x.shape[0]] + [1] * (x.dim() - 1)
+        view[axis] = size
+        x = torch.gather(x, axis, idx.reshape(view).expand_as(x))
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# reports in the run directory
+# --------------------------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _csv_text(rows: List[Record]) -> str:
+    columns: List[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_report(
+    run_dir: Path | str,
+    stage: str,
+    volumes: List[Record],
+    images: List[Record],
+    summary: Mapping[str, float],
+    meta: Mapping[str, Any],
+) -> Dict[str, Path]:
+    """Write ``<stage>_volumes.csv``, ``<stage>_images.csv`` (if any) and ``<stage>_summary.md``."""
+    run_dir = Path(run_dir)
+    paths = {"volumes": run_dir / f"{stage}_volumes.csv", "summary": run_dir / f"{stage}_summary.md"}
+    atomic_write_text(paths["volumes"], _csv_text(volumes))
+    if images:
+        paths["images"] = run_dir / f"{stage}_images.csv"
+        atomic_write_text(paths["images"], _csv_text(images))
+    lines = [f"# equinet {stage} summary", ""]
+    lines += [f"- {k}: {_fmt(v)}" for k, v in meta.items()]
+    lines += ["", "## Means over volumes (fastMRI conventions)", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in summary.items()]
+    if volumes:
+        cols = [c for c in volumes[0] if c not in ("max_value",)]
+        lines += ["", "## Per volume", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(v.get(c, "")) for c in cols) + " |" for v in volumes]
+    atomic_write_text(paths["summary"], "\n".join(lines) + "\n")
+    return paths

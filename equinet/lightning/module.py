@@ -1,0 +1,240 @@
+"""The reconstruction LightningModule: training logic only; the network is injected.
+
+``ReconstructionModule(network=UNet(...))`` trains any image-to-image ``nn.Module`` (every
+sampling strategy's U-Net, the iUNet, your own) on :class:`~equinet.data.ReconSample` batches.
+Optimiser and LR scheduler are typed callables, so YAML configs choose them::
+
+    model:
+      network: {class_path: equinet.models.UNet, init_args: {channels: 64, sampling: aps}}
+      loss: mse
+      optimizer: {class_path: torch.optim.Adam, init_args: {lr: 0.001}}
+      lr_scheduler: {class_path: torch.optim.lr_scheduler.StepLR, init_args: {step_size: 5, gamma: 0.5}}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import nn
+
+from equinet.lightning.callbacks import EquivarianceEvaluation, _batch, find_callback
+from equinet.lightning.evaluation import (
+    batch_keys,
+    denormalise,
+    gather_unique,
+    slice_records,
+    summarise,
+    volume_metrics,
+    write_report,
+)
+
+LOSSES = ("mse", "l1", "ssim")
+
+
+class ReconstructionModule(pl.LightningModule):
+    """Train/evaluate an injected reconstruction network with fastMRI-convention metrics.
+
+    Args:
+        network: maps the normalised input ``(B, 1, H, W)`` to the normalised reconstruction.
+        loss: ``mse`` (the APS-U/iUNet papers), ``l1`` (fastMRI's U-Net baseline) or ``ssim``
+            (``1 - SSIM``, fastMRI's 7x7 ``SSIMLoss`` on de-normalised images with the
+            volume's data range).
+        optimizer: callable ``params -> Optimizer`` (default ``torch.optim.Adam``, lr 1e-3).
+        lr_scheduler: callable ``optimizer -> scheduler``, stepped once per epoch; ``None`` for
+            a constant rate. ``ReduceLROnPlateau`` monitors ``val/loss``.
+        output_clamp: at evaluation (validation, test, predict) the output is clamped to
+            ``[-output_clamp, output_clamp]`` in normalised units, i.e. to
+            ``mean +- output_clamp * std`` of the input in original units: the same +-6 range
+            fastMRI's ``UnetDataTransform`` clamps inputs and targets to. Training sees the raw
+            output (a clamp there would zero the gradient of out-of-range pixels). ``None``
+            disables it.
+
+    Validation logs ``val/loss``, ``val/nmse``, ``val/psnr``, ``val/ssim`` (means over volumes,
+    exact under DDP); test logs the same under ``test/`` plus the equivariance metrics of an
+    attached :class:`~equinet.lightning.EquivarianceEvaluation`, and writes
+    ``<stage>_summary.md`` and CSV tables into ``trainer.default_root_dir`` (the run directory).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        loss: Literal["mse", "l1", "ssim"] = "mse",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        output_clamp: Optional[float] = 6.0,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
+        if output_clamp is not None and output_clamp <= 0:
+            raise ValueError(f"output_clamp must be positive or None, got {output_clamp}")
+        # Checkpoints must hold plain data only, so they load with torch.load(weights_only=True).
+        # Under the equinet CLI the network/optimiser/scheduler arrive as their config
+        # (class_path + init_args): that is stored, and load_from_checkpoint rebuilds them. Built
+        # in Python they are objects: they are not stored -- pass them again when loading.
+        given = _given_hyperparameters.get()
+        values = given if isinstance(given, dict) else {"network": network, "optimizer": optimizer,
+                                                        "lr_scheduler": lr_scheduler}
+        self.save_hyperparameters(ignore=[k for k in ("network", "optimizer", "lr_scheduler")
+                                          if not _plain_data(values.get(k))])
+        self.network = network
+        self.loss_name = loss
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.output_clamp = output_clamp
+        if loss == "ssim":
+            from fastmri.losses import SSIMLoss
+
+            self.ssim_loss = SSIMLoss()
+        self._records: List[Dict[str, Any]] = []
+        self.evaluation: Dict[str, Any] = {}
+        self._checkpoint_progress: Optional[Dict[str, int]] = None
+
+    # ---------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's reconstruction, clamped at evaluation (see ``output_clamp``)."""
+        out = self.network(x)
+        if self.output_clamp is not None and not self.training:
+            out = out.clamp(-self.output_clamp, self.output_clamp)
+        return out
+
+    def per_sample_loss(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The configured loss of each sample, shape ``(B,)``."""
+        b = _batch(batch)
+        if self.loss_name == "mse":
+            return F.mse_loss(output, b.target, reduction="none").flatten(1).mean(dim=1)
+        if self.loss_name == "l1":
+            return F.l1_loss(output, b.target, reduction="none").flatten(1).mean(dim=1)
+        out, tgt = denormalise(output, b.mean, b.std), denormalise(b.target, b.mean, b.std)
+        data_range = torch.as_tensor(b.max_value, dtype=out.dtype, device=out.device).reshape(-1).expand(out.shape[0])
+        return self.ssim_loss(out, tgt, data_range, reduced=False).flatten(1).mean(dim=1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        b = _batch(batch)
+        loss = self.per_sample_loss(self(b.input), b).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=b.input.shape[0])
+        return loss
+
+    # ---------------------------------------------------------------------------------------
+    def _evaluation_step(self, batch: Any) -> Dict[str, torch.Tensor]:
+        b = _batch(batch)
+        output = self(b.input)
+        keys = batch_keys(b.fname, b.slice_num, b.input.shape[0])
+        records = slice_records(keys, denormalise(b.target, b.mean, b.std), denormalise(output, b.mean, b.std),
+                                b.max_value)
+        for r, loss in zip(records, self.per_sample_loss(output, b).detach().cpu().tolist()):
+            r["loss"] = loss
+        self._records.extend(records)
+        return {"output": output}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Dict[str, torch.Tensor]:
+        return self._evaluation_step(batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> Dict[str, torch.Tensor]:
+        return self._evaluation_step(batch)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
+        """De-normalised reconstructions (original units) with their ``fname``/``slice_num``."""
+        b = _batch(batch)
+        return {"fname": b.fname, "slice_num": b.slice_num, "output": denormalise(self(b.input), b.mean, b.std)}
+
+    def on_validation_epoch_start(self) -> None:
+        self._records = []
+
+    def on_test_epoch_start(self) -> None:
+        self._records = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+    def _finish_evaluation(self, stage: str) -> None:
+        """Gather + de-duplicate slices over ranks, log volume means, write the report (rank 0)."""
+        records, duplicates = gather_unique(self._records)
+        self._records = []
+        volumes = volume_metrics(records)
+        images: List[Dict[str, Any]] = []
+        meta: Dict[str, Any] = {}
+        equivariance = find_callback(self._trainer, EquivarianceEvaluation) if stage == "test" else None
+        if equivariance is not None:
+            extra = equivariance.report()
+            volumes = merge_records_by_volume(volumes, extra["volumes"])
+            images = extra["images"]
+            meta.update(extra["meta"])
+        summary = summarise(volumes, images)
+        for name in ("loss", "nmse", "psnr", "ssim"):
+            if name in summary:
+                # the value is identical on every rank after the gather; sync_dist keeps it so
+                # and silences Lightning's "use sync_dist in distributed" warning
+                self.log(f"{stage}/{name}", summary[name], sync_dist=True, prog_bar=name == "ssim")
+        self.evaluation = {"stage": stage, "volumes": volumes, "images": images, "summary": summary,
+                           "slices": len(records), "duplicates_dropped": duplicates}
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        ckpt = getattr(trainer, "ckpt_path", None)
+        progress = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        if trainer.state.fn != "fit" and self._checkpoint_progress is not None:
+            progress = self._checkpoint_progress  # evaluating a checkpoint: its training progress
+        meta = {"network": _describe(self), "epoch": progress["epoch"], "global step": progress["global_step"],
+                "checkpoint": ckpt or "(weights in memory)", "volumes": len(volumes), "slices": len(records),
+                "duplicate slices dropped (distributed sampler padding)": duplicates,
+                "world size": trainer.world_size, **meta}
+        self.evaluation["files"] = write_report(Path(trainer.default_root_dir), stage, volumes, images, summary, meta)
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # remembered for the reports of validate/test runs: which training state is evaluated
+        self._checkpoint_progress = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
+
+    # ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: Dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _describe(module: ReconstructionModule) -> str:
+    """``UNet(sampling=aps, sampling_kwargs={'filter_size': 1}, ...)`` for reports."""
+    net = module.network
+    args = module.hparams.get("network", {}).get("init_args") if isinstance(module.hparams.get("network"), dict) else None
+    if args is None:
+        args = {k: getattr(net, k) for k in ("sampling", "sampling_kwargs", "widths") if hasattr(net, k)}
+    return f"{type(net).__name__}(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")"
+
+
+def _plain_data(value: Any) -> bool:
+    """True for JSON-like data (what ``torch.load(weights_only=True)`` reads back)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    return False
+
+
+def merge_records_by_volume(volumes: List[Dict[str, Any]], extra: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Join two per-volume tables on ``fname``."""
+    by_name = {v["fname"]: dict(v) for v in volumes}
+    for e in extra:
+        by_name.setdefault(e["fname"], {"fname": e["fname"]}).update(
+            {k: v for k, v in e.items() if k not in ("slices", "max_value") or k not in by_name[e["fname"]]})
+    return [by_name[k] for k in sorted(by_name)]
+
+
+__all__ = ["LOSSES", "ReconstructionModule", "merge_records_by_volume"]

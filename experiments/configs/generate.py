@@ -1,0 +1,136 @@
+"""Write ``experiments/configs/<dataset>/<strategy>.yaml`` from the two tables below.
+
+Every config is a complete, self-contained file a user can read and pass alone
+(``equinet fit --config experiments/configs/fastmri/aps.yaml``); the shared parts live here
+once instead of being copy-pasted 18 times. Edit a table, run
+
+    python experiments/configs/generate.py
+
+and commit the result; ``tests/test_cli_configs.py`` fails if the files are out of sync.
+(jsonargparse has no reliable "include a base file, then override" inside one YAML file, so the
+composition happens here rather than in the configs.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+# strategy name -> UNet(sampling=..., sampling_kwargs=...)
+STRATEGIES: Dict[str, Dict[str, Any]] = {
+    "maxpool": {"sampling": "maxpool", "sampling_kwargs": None},
+    "blur3": {"sampling": "blur", "sampling_kwargs": {"filter_size": 3}},
+    "aps": {"sampling": "aps", "sampling_kwargs": {"filter_size": 1}},
+    "aps3": {"sampling": "aps", "sampling_kwargs": {"filter_size": 3}},
+    "lps": {"sampling": "lps", "sampling_kwargs": None},
+    "orthogonal": {"sampling": "orthogonal",
+                   "sampling_kwargs": {"method": "cayley", "init": "haar", "learnable": True}},
+}
+
+# dataset -> what differs between datasets (the paper's hyper-parameters for the real ones)
+DATASETS: Dict[str, Dict[str, Any]] = {
+    "fastmri": {
+        "comment": "fastMRI single-coil knee, 4x random masks (APS-U paper Sec. 4.1): U-Net 64..1024 channels,\n"
+                   "4 downsamplings, circular padding, MSE, Adam lr 1e-3, StepLR(5, 0.5), 50 epochs, batch 16.",
+        "max_epochs": 50, "deterministic": False, "lr": 1e-3, "step_size": 5, "gamma": 0.5, "channels": 64,
+        "data": {"class_path": "equinet.data.FastMRIDataModule", "init_args": {
+            "root": None, "challenge": "singlecoil", "mask_type": "random", "center_fractions": [0.08],
+            "accelerations": [4], "crop_size": 320, "batch_size": 16, "num_workers": 8}},
+    },
+    "lodopab": {
+        "comment": "LoDoPaB-CT, FBP input, 352x352 crops (APS-U paper Sec. 4.2): U-Net 64..1024 channels,\n"
+                   "4 downsamplings, circular padding, MSE, Adam lr 1e-2, StepLR(5, 0.1), 20 epochs, batch 8.",
+        "max_epochs": 20, "deterministic": False, "lr": 1e-2, "step_size": 5, "gamma": 0.1, "channels": 64,
+        "data": {"class_path": "equinet.data.LoDoPaBDataModule", "init_args": {
+            "root": None, "crop_size": 352, "batch_size": 8, "num_workers": 8}},
+    },
+    "synthetic": {
+        "comment": "Synthetic knee volumes in the real fastMRI format (generated once, cached; no download):\n"
+                   "the fastMRI recipe shrunk to run on a laptop CPU in minutes. Deterministic algorithms\n"
+                   "('warn': on a GPU, ops without a deterministic kernel warn instead of failing).",
+        "max_epochs": 2, "deterministic": "warn", "lr": 1e-3, "step_size": 5, "gamma": 0.5, "channels": 8,
+        "data": {"class_path": "equinet.data.FastMRIDataModule", "init_args": {
+            "root": None, "challenge": "singlecoil", "mask_type": "random", "center_fractions": [0.08],
+            "accelerations": [4], "crop_size": 64, "batch_size": 4, "num_workers": 0,
+            "synthetic_volumes": 4, "synthetic_slices": 4, "synthetic_size": 64}},
+    },
+}
+
+
+def build(dataset: str, strategy: str) -> Dict[str, Any]:
+    """The config of one (dataset, strategy) pair as a plain dict."""
+    d, s = DATASETS[dataset], STRATEGIES[strategy]
+    network_args: Dict[str, Any] = {"in_channels": 1, "out_channels": 1, "channels": d["channels"], "depth": 4,
+                                    "sampling": s["sampling"]}
+    if s["sampling_kwargs"]:
+        network_args["sampling_kwargs"] = dict(s["sampling_kwargs"])
+    network_args["padding_mode"] = "circular"
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "auto",
+            "devices": "auto",
+            "strategy": "auto",
+            "precision": "32-true",
+            "max_epochs": d["max_epochs"],
+            "deterministic": d["deterministic"],
+            "default_root_dir": f"runs/{dataset}/{strategy}",
+            "log_every_n_steps": 10 if dataset == "synthetic" else 50,
+            "callbacks": [{"class_path": "pytorch_lightning.callbacks.LearningRateMonitor",
+                           "init_args": {"logging_interval": "epoch"}}],
+        },
+        "model": {
+            "network": {"class_path": "equinet.models.UNet", "init_args": network_args},
+            "loss": "mse",
+            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": d["lr"]}},
+            "lr_scheduler": {"class_path": "torch.optim.lr_scheduler.StepLR",
+                             "init_args": {"step_size": d["step_size"], "gamma": d["gamma"]}},
+            "output_clamp": 6.0,
+        },
+        "data": {"class_path": d["data"]["class_path"], "init_args": dict(d["data"]["init_args"])},
+        "checkpoint": {"monitor": "val/ssim", "mode": "max", "save_last": True, "save_top_k": 1},
+        "equivariance": {"max_shift": 16, "num_dpsnr_shifts": 10, "seed": 0},
+        "images": {"num_images": 2, "every_n_epochs": 1},
+    }
+
+
+def render(dataset: str, strategy: str) -> str:
+    """The YAML text of one config, with a header saying where it comes from."""
+    header = [f"# equinet: {dataset} x {strategy}"]
+    header += [f"# {line}" for line in DATASETS[dataset]["comment"].splitlines()]
+    header += ["# Run: equinet fit --config experiments/configs/" f"{dataset}/{strategy}.yaml"
+               + (" --data.root /path/to/data" if dataset != "synthetic" else ""),
+               "# Generated by experiments/configs/generate.py (edit the tables there, then re-run it)."]
+    body = yaml.safe_dump(build(dataset, strategy), sort_keys=False, default_flow_style=False, width=100)
+    return "\n".join(header) + "\n" + body
+
+
+def expected_files() -> Dict[Path, str]:
+    return {HERE / ds / f"{st}.yaml": render(ds, st) for ds in DATASETS for st in STRATEGIES}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if any file differs instead of writing")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in expected_files().items():
+        if path.exists() and path.read_text() == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    for p in stale:
+        print(("stale: " if args.check else "wrote: ") + str(p.relative_to(HERE.parents[1])))
+    return 1 if (args.check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
