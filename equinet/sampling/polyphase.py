@@ -9,7 +9,6 @@ no Python loop over samples, any device.
 from __future__ import annotations
 
 import itertools
-import math
 import string
 from typing import Optional, Sequence, Tuple
 
@@ -117,21 +116,7 @@ class _SelectPolyphase(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (index,) = ctx.saved_tensors
-        return _spread_on_grid(grad, index, ctx.stride), None, None
-
-
-def _spread_on_grid(y: torch.Tensor, index: torch.Tensor, stride: Tuple[int, ...]) -> torch.Tensor:
-    """``place_polyphase`` as one broadcast multiply by a one-hot grid (differentiable).
-
-    About twice as fast as the indexed write on CPU; used for gradients, where ``0 * y`` for a
-    non-finite ``y`` (which would turn the zeros into NaN) cannot matter for training.
-    """
-    B, C = y.shape[:2]
-    one_hot = torch.nn.functional.one_hot(ravel_phase(index, stride), math.prod(stride)).to(y.dtype)
-    grid_shape = [B, 1] + [a for s in stride for a in (1, s)]
-    spread_shape = [B, C] + [a for n in y.shape[2:] for a in (n, 1)]
-    out = y.reshape(spread_shape) * one_hot.view(grid_shape)
-    return out.reshape(B, C, *(n * s for n, s in zip(y.shape[2:], stride)))
+        return _PlacePolyphase.apply(grad, index, ctx.stride), None, None
 
 
 class _PlacePolyphase(torch.autograd.Function):
