@@ -9,14 +9,13 @@ scikit-image (no download): NMSE/SSIM between ``T_k(G(x))`` and ``G(T_k(x))`` fo
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from equinet.files import atomic_write_text
 from equinet.metrics import measure_equivariance, random_shifts, worst_case_dpsnr
 from equinet.models import UNet
 from equinet.sampling import list_strategies
@@ -106,21 +105,6 @@ def format_table(rows: List[Dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def equivariance_main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="equinet equivariance",
@@ -146,4 +130,4 @@ def equivariance_main(argv: Optional[List[str]] = None) -> None:
               f"{args.size}x{args.size}, circular padding, {args.shifts} shifts in [-16,16]^2, seed {args.seed})\n\n")
     print(header + table)
     if args.output:
-        write_atomic(args.output, header + table + "\n")
+        atomic_write_text(args.output, header + table + "\n")

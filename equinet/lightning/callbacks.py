@@ -184,7 +184,10 @@ class ReconstructionImageLogger(Callback):
         k = torch.stack([volume_shift(self.seed, f, self.max_shift) for f, _ in keys])
         shift_diff = (pl_module(circular_shift_per_sample(x, k)) - circular_shift_per_sample(output, k)).abs()
         mean, std = b.mean, b.std
-        sel = (lambda v: v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+
+        def sel(v):
+            return v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+
         inp = denormalise(x, sel(mean), sel(std))
         out = denormalise(output, sel(mean), sel(std))
         tgt = denormalise(b.target[:n], sel(mean), sel(std))

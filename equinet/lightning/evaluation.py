@@ -14,8 +14,6 @@ import csv
 import hashlib
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from equinet.files import atomic_write_text
 from equinet.metrics import random_shifts, ssim
 
 Record = Dict[str, Any]
@@ -223,21 +222,6 @@ def circular_shift_per_sample(x: torch.Tensor, shifts: torch.Tensor) -> torch.Te
 # --------------------------------------------------------------------------------------------
 # reports in the run directory
 # --------------------------------------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _csv_text(rows: List[Record]) -> str:
     columns: List[str] = []
     for r in rows:
