@@ -83,6 +83,24 @@ class ChannelPlan:
         return float(np.mean(self.relative_errors)) if self.relative_errors else 0.0
 
 
+def _split_levels(first: int, channel_multipliers: Sequence[int], skip_rule):
+    """Walk the levels: keep ``skip_rule(i, C_i, sigma_i)`` channels (clamped to ``[1, C_i - 1]``)
+    as skip, downsample the rest; returns (channels per level, skipped, downsampled)."""
+    channels, skipped, down = [first], [], []
+    for i, sigma in enumerate(channel_multipliers):
+        c = channels[-1]
+        if c < 2:
+            raise ValueError(
+                f"iUNet level {i} has {c} channel(s) but must split them into a skip part and a "
+                f"downsampled part (>= 2 channels); use more channels (a 1x1 lift, as in LiftediUNet)"
+            )
+        skip = min(max(1, skip_rule(i, c, sigma)), c - 1)
+        skipped.append(skip)
+        down.append(c - skip)
+        channels.append(sigma * (c - skip))
+    return channels, skipped, down
+
+
 def closest_channel_plan(desired: Sequence[int], channel_multipliers: Sequence[int]) -> ChannelPlan:
     """The "closest achievable channels" plan of the iUNet library.
 
@@ -100,19 +118,10 @@ def closest_channel_plan(desired: Sequence[int], channel_multipliers: Sequence[i
         )
     if any(c < 1 for c in desired):
         raise ValueError(f"channel counts must be positive, got {desired}")
-    channels, skipped, down = [desired[0]], [], []
-    for i, sigma in enumerate(channel_multipliers):
-        c = channels[-1]
-        if c < 2:
-            raise ValueError(
-                f"iUNet level {i} has {c} channel(s) but must split them into a skip part and a "
-                f"downsampled part (>= 2 channels); use more channels (a 1x1 lift, as in LiftediUNet)"
-            )
-        skip = round(Fraction(c) - Fraction(desired[i + 1], sigma))
-        skip = min(max(1, skip), c - 1)
-        skipped.append(skip)
-        down.append(c - skip)
-        channels.append(sigma * (c - skip))
+    channels, skipped, down = _split_levels(
+        desired[0], channel_multipliers,
+        lambda i, c, sigma: round(Fraction(c) - Fraction(desired[i + 1], sigma)),
+    )
     errors = tuple(abs(a - d) / d for a, d in zip(channels[1:], desired[1:]))
     return ChannelPlan(desired, tuple(channels), tuple(skipped), tuple(down), errors)
 
@@ -122,18 +131,9 @@ def doubling_channel_plan(in_channels: int, channel_multipliers: Sequence[int]) 
     keep ``skip_i = max(1, floor(C_i (sigma_i - 2) / sigma_i))`` channels as skip, so each level
     has (as close as possible) twice the channels of the previous one. ``desired`` is set to the
     realised channels (there is nothing to warn about)."""
-    channels, skipped, down = [int(in_channels)], [], []
-    for i, sigma in enumerate(channel_multipliers):
-        c = channels[-1]
-        if c < 2:
-            raise ValueError(
-                f"iUNet level {i} has {c} channel(s) but must split them into a skip part and a "
-                f"downsampled part (>= 2 channels); use more channels (a 1x1 lift, as in LiftediUNet)"
-            )
-        skip = min(max(1, (c * (sigma - 2)) // sigma), c - 1)
-        skipped.append(skip)
-        down.append(c - skip)
-        channels.append(sigma * (c - skip))
+    channels, skipped, down = _split_levels(
+        int(in_channels), channel_multipliers, lambda i, c, sigma: (c * (sigma - 2)) // sigma
+    )
     return ChannelPlan(tuple(channels), tuple(channels), tuple(skipped), tuple(down), (0.0,) * len(skipped))
 
 
