@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
+
+from equinet.data.common import data_dir, ensure_dataset, stable_hash
 
 
 class ReconDataModule(pl.LightningDataModule):
@@ -25,6 +28,36 @@ class ReconDataModule(pl.LightningDataModule):
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
+        # set by subclasses: the user's dataset root (None: the synthetic default), where the
+        # synthetic default is cached, and the synthetic dataset's parameters
+        self.root: Optional[Path] = None
+        self.data_dir: Optional[str] = None
+        self.synthetic: Dict[str, Any] = {}
+
+    # -- the synthetic default (root=None) --------------------------------------------------
+    synthetic_kind: str = ""  # hash namespace of the synthetic dataset
+    synthetic_what: str = ""  # human name for the log line
+
+    def synthetic_label(self) -> str:
+        """Readable prefix of the synthetic dataset's folder name."""
+        raise NotImplementedError
+
+    def write_synthetic(self, out: Path) -> None:
+        """Write the synthetic default dataset into ``out`` (in the real file format)."""
+        raise NotImplementedError
+
+    def synthetic_root(self) -> Path:
+        key = stable_hash(self.synthetic_kind, self.synthetic, "v1")
+        return data_dir(self.data_dir) / "synthetic" / f"{self.synthetic_label()}-{key}"
+
+    def resolved_root(self) -> Path:
+        """The dataset root: the user's ``root``, else the cached synthetic default."""
+        return self.root if self.root is not None else self.synthetic_root()
+
+    def ensure_synthetic(self) -> None:
+        """With ``root=None``, generate the synthetic default once (atomically) and reuse it."""
+        if self.root is None:
+            ensure_dataset(self.synthetic_root(), self.write_synthetic, self.synthetic_what)
 
     def _loader(self, dataset: Optional[Dataset], split: str, shuffle: bool) -> DataLoader:
         if dataset is None:

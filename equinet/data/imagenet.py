@@ -28,7 +28,6 @@ from equinet.data.common import (
     center_crop_2d,
     data_dir,
     describe_paths,
-    ensure_dataset,
     log,
     make_sample,
     normalize_pair,
@@ -275,25 +274,19 @@ class ImageNetShiftDataModule(ReconDataModule):
         self.paths: List[Path] = []
         self.cache_report: Optional[CacheReport] = None
 
-    def synthetic_root(self) -> Path:
-        s = self.synthetic
-        return (
-            data_dir(self.data_dir)
-            / "synthetic"
-            / f"imagenet-val-s{s['size']}-n{s['num_images']}-{stable_hash('imagenet', s, 'v1')}"
-        )
+    synthetic_kind = "imagenet"
+    synthetic_what = "ImageNet val"
 
-    def resolved_root(self) -> Path:
-        return self.root if self.root is not None else self.synthetic_root()
+    def synthetic_label(self) -> str:
+        s = self.synthetic
+        return f"imagenet-val-s{s['size']}-n{s['num_images']}"
+
+    def write_synthetic(self, out: Path) -> None:
+        write_imagenet_folder(out, **self.synthetic)
 
     def prepare_data(self) -> None:
         """Generate the synthetic default (if ``root=None``) and, for ``ct``, the FBP cache."""
-        if self.root is None:
-            ensure_dataset(
-                self.synthetic_root(),
-                lambda out: write_imagenet_folder(out, **self.synthetic),
-                "ImageNet val",
-            )
+        self.ensure_synthetic()
         if self.forward_model == "ct":
             self.build_fbp_cache(self.select_images())
 
@@ -422,12 +415,7 @@ class ImageNetShiftDataModule(ReconDataModule):
         )
 
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.root is None:
-            ensure_dataset(
-                self.synthetic_root(),
-                lambda out: write_imagenet_folder(out, **self.synthetic),
-                "ImageNet val",
-            )
+        self.ensure_synthetic()
         self.paths = self.select_images()
         cache = None
         if self.forward_model == "ct":

@@ -19,7 +19,7 @@ import numpy as np
 from fastmri.data import SliceDataset
 
 from equinet.data.base import ReconDataModule
-from equinet.data.common import DataFormatError, data_dir, describe_paths, ensure_dataset, log, stable_hash
+from equinet.data.common import DataFormatError, data_dir, describe_paths, log
 from equinet.data.mri import MriSliceTransform, make_mask_func
 from equinet.data.synthetic import KNEE_ACQUISITIONS, write_knee_dataset
 
@@ -175,24 +175,19 @@ class FastMRIDataModule(ReconDataModule):
         self.synthetic = dict(num_volumes=synthetic_volumes, num_slices=synthetic_slices, size=synthetic_size)
 
     # -- data location -------------------------------------------------------------------------
-    def synthetic_root(self) -> Path:
-        key = stable_hash("knee", self.synthetic, "v1")
-        s = self.synthetic
-        return (
-            data_dir(self.data_dir)
-            / "synthetic"
-            / f"fastmri-knee-s{s['size']}-{s['num_volumes']}x{s['num_slices']}-{key}"
-        )
+    synthetic_kind = "knee"
+    synthetic_what = "fastMRI knee"
 
-    def resolved_root(self) -> Path:
-        return self.root if self.root is not None else self.synthetic_root()
+    def synthetic_label(self) -> str:
+        s = self.synthetic
+        return f"fastmri-knee-s{s['size']}-{s['num_volumes']}x{s['num_slices']}"
+
+    def write_synthetic(self, out: Path) -> None:
+        write_knee_dataset(out, **self.synthetic)
 
     def prepare_data(self) -> None:
         """Generate the synthetic default once (Lightning calls this on one process only)."""
-        if self.root is None:
-            ensure_dataset(
-                self.synthetic_root(), lambda out: write_knee_dataset(out, **self.synthetic), "fastMRI knee"
-            )
+        self.ensure_synthetic()
 
     # -- datasets ------------------------------------------------------------------------------
     def split_folder(self, split: str) -> Path:

@@ -38,7 +38,6 @@ from equinet.data.common import (
     check_finite_rows,
     data_dir,
     describe_paths,
-    ensure_dataset,
     log,
     make_sample,
     normalize_pair,
@@ -342,13 +341,15 @@ class LoDoPaBDataModule(ReconDataModule):
         self.cache_report: Optional[CacheReport] = None
 
     # -- data location -------------------------------------------------------------------------
-    def synthetic_root(self) -> Path:
-        s = self.synthetic
-        key = stable_hash("lodopab", s, "v1")
-        return data_dir(self.data_dir) / "synthetic" / f"lodopab-s{s['size']}-n{s['num_train']}-{key}"
+    synthetic_kind = "lodopab"
+    synthetic_what = "LoDoPaB-CT"
 
-    def resolved_root(self) -> Path:
-        return self.root if self.root is not None else self.synthetic_root()
+    def synthetic_label(self) -> str:
+        s = self.synthetic
+        return f"lodopab-s{s['size']}-n{s['num_train']}"
+
+    def write_synthetic(self, out: Path) -> None:
+        write_lodopab_dataset(out, **self.synthetic)
 
     def cache_folder(self, backend: str) -> Path:
         """``<root>/fbp_cache/<filter>-<backend>`` (or under the data directory if not writable)."""
@@ -385,10 +386,7 @@ class LoDoPaBDataModule(ReconDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic default (if ``root=None``) and build the FBP cache of the parts
         the running Trainer stage needs (all parts when used without a Trainer), once."""
-        if self.root is None:
-            ensure_dataset(
-                self.synthetic_root(), lambda out: write_lodopab_dataset(out, **self.synthetic), "LoDoPaB-CT"
-            )
+        self.ensure_synthetic()
         layout = scan_lodopab(self.resolved_root())
         parts = self._parts_for(None)
         self.build_fbp_cache([p for p in parts if layout.files[p]] if parts else None, layout=layout)
@@ -457,10 +455,7 @@ class LoDoPaBDataModule(ReconDataModule):
         return report
 
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.root is None:
-            ensure_dataset(
-                self.synthetic_root(), lambda out: write_lodopab_dataset(out, **self.synthetic), "LoDoPaB-CT"
-            )
+        self.ensure_synthetic()
         layout = scan_lodopab(self.resolved_root())
         size = layout.geometry.image_size
         if self.crop_size > size:
