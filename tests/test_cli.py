@@ -110,3 +110,18 @@ def test_cli_refuses_checkpoints_that_unpickle_code(toy_config, tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         run_cli("fit", "--config", toy_config, "--trainer.default_root_dir", str(tmp_path / "run"),
                 "--trainer.logger", "false", "--ckpt_path", "last")
+
+
+def test_short_class_names_resolve(tmp_path):
+    """`--data FastMRIDataModule --model.network UNet` work as well as full class paths."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "equinet", "fit", "--data", "FastMRIDataModule", "--model.network", "UNet",
+         "--print_config"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "class_path: equinet.data.FastMRIDataModule" in done.stdout
+    assert "class_path: equinet.models.UNet" in done.stdout

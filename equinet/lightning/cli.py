@@ -28,6 +28,9 @@ from pytorch_lightning import LightningDataModule
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
+# The data modules and networks are imported so that jsonargparse also resolves short class names
+# (`--data FastMRIDataModule`, `--model.network UNet`), not only full class paths.
+from equinet.data import FastMRIDataModule, ImageNetShiftDataModule, LoDoPaBDataModule  # noqa: F401
 from equinet.lightning.callbacks import (
     EquivarianceEvaluation,
     ReconstructionImageLogger,
@@ -35,6 +38,7 @@ from equinet.lightning.callbacks import (
     RunCheckpoint,
 )
 from equinet.lightning.module import ReconstructionModule
+from equinet.models import LiftediUNet, UNet  # noqa: F401
 
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/ssim",
