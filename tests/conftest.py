@@ -31,3 +31,25 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 def _seed_torch():
     torch.manual_seed(0)
     yield
+
+
+# Small synthetic datasets in the real file formats, generated once per test session.
+@pytest.fixture(scope="session")
+def knee(tmp_path_factory):
+    from _data_helpers import knee_root
+
+    return knee_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def lodopab(tmp_path_factory):
+    from _data_helpers import lodopab_root
+
+    return lodopab_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def imagenet(tmp_path_factory):
+    from _data_helpers import imagenet_root
+
+    return imagenet_root(tmp_path_factory)

@@ -11,25 +11,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from _data_helpers import copy_dataset, imagenet_root, knee_root, lodopab_root
+from _data_helpers import copy_dataset
 
 from equinet.data import DataFormatError, FastMRIDataModule, ImageNetShiftDataModule, LoDoPaBDataModule, ct
 from equinet.data.fbp_cache import build_cached_stack, partial_path
-
-
-@pytest.fixture(scope="session")
-def knee(tmp_path_factory):
-    return knee_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def lodopab(tmp_path_factory):
-    return lodopab_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def imagenet(tmp_path_factory):
-    return imagenet_root(tmp_path_factory)
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from _data_helpers import IMAGENET, KNEE, LODOPAB, imagenet_root, knee_root, lodopab_root, psnr
+from _data_helpers import IMAGENET, KNEE, LODOPAB, psnr
 from fastmri.data import SliceDataset
 from fastmri.data.transforms import UnetDataTransform
 from torch.utils.data import DistributedSampler
@@ -25,21 +25,6 @@ from equinet.data import (
 )
 from equinet.data.lodopab import LODOPAB_NUM_SAMPLES, scan_lodopab, valid_rows
 from equinet.data.mri import make_mask_func
-
-
-@pytest.fixture(scope="session")
-def knee(tmp_path_factory):
-    return knee_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def lodopab(tmp_path_factory):
-    return lodopab_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def imagenet(tmp_path_factory):
-    return imagenet_root(tmp_path_factory)
 
 
 def knee_module(root, tmp_path, **kwargs) -> FastMRIDataModule:

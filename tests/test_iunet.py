@@ -19,14 +19,6 @@ from equinet.models.memory_efficient import MemoryEfficientBackprop
 from equinet.sampling.orthogonal import METHODS, OrthogonalMatrices
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: OpenMP thread hand-offs cost more than the work (and stall on a loaded host)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def randomize(net: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
     """Move every orthogonal matrix (resampling, channel mixing) away from its initialisation."""

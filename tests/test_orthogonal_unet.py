@@ -9,13 +9,6 @@ from equinet.models import UNet
 from equinet.sampling.orthogonal import METHODS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _randomize(net, seed):
     """Random batch-norm statistics/affine maps and orthogonal matrices away from their init."""
