@@ -113,7 +113,8 @@ class _SelectPolyphase(torch.autograd.Function):
     def forward(ctx, x, index, stride):
         ctx.save_for_backward(index)
         ctx.stride = stride
-        return polyphase_view(x, stride)[_advanced_index(polyphase_view(x, stride), index)]
+        xv = polyphase_view(x, stride)
+        return xv[_advanced_index(xv, index)]
 
     @staticmethod
     def backward(ctx, grad):
@@ -131,7 +132,8 @@ class _PlacePolyphase(torch.autograd.Function):
         B, C = y.shape[:2]
         full = [n * s for n, s in zip(y.shape[2:], stride)]
         out = y.new_zeros((B, C, *full))
-        polyphase_view(out, stride)[_advanced_index(polyphase_view(out, stride), index)] = y
+        ov = polyphase_view(out, stride)
+        ov[_advanced_index(ov, index)] = y
         return out
 
     @staticmethod
