@@ -9,16 +9,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from equinet.data.types import ReconSample
+from equinet.files import atomic_directory, temporary_path  # noqa: F401 (re-exported)
 
 log = logging.getLogger("equinet.data")
 
@@ -47,36 +45,6 @@ def stable_hash(*parts: object, length: int = 12) -> str:
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed derived from ``parts`` (file names, indices), the same in every process."""
     return int(stable_hash(*parts, length=15), 16)
-
-
-@contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``final`` and rename it to ``final`` on success.
-
-    If ``final`` appears meanwhile (another process finished first), the temporary copy is
-    discarded. On error the temporary directory is removed: no half-written dataset is left.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def temporary_path(final: Path) -> Path:
-    """A unique temporary file name in ``final``'s directory (for write-then-rename)."""
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    os.close(fd)
-    return Path(name)
 
 
 def check_finite(array, what: str) -> None:
