@@ -6,6 +6,8 @@ from equinet.metrics.equivariance import (
     measure_equivariance,
     random_shifts,
     worst_case_dpsnr,
+    worst_dpsnr_image,
+    worst_dpsnr_volume,
 )
 from equinet.metrics.reconstruction import nmse, psnr, ssim
 
@@ -18,4 +20,6 @@ __all__ = [
     "equivariance_errors",
     "measure_equivariance",
     "worst_case_dpsnr",
+    "worst_dpsnr_image",
+    "worst_dpsnr_volume",
 ]

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from equinet.sampling.polyphase import max_norm_phase
+from equinet.sampling.polyphase import invertible_phase
 
 __all__ = ["Step", "InvertibleProgram", "MemoryEfficientBackprop"]
 
@@ -82,25 +82,34 @@ class InvertibleProgram:
 
     # -- offsets ----------------------------------------------------------------------------
     @staticmethod
-    def _offset(step: Step, stack: List[torch.Tensor]) -> Optional[torch.Tensor]:
-        """Adaptive grid offset of a resampling step: the APS-D choice on the skip below the top."""
+    def _offset(step: Step, stack: List[torch.Tensor],
+                decided: Optional[List[torch.Tensor]] = None) -> Optional[torch.Tensor]:
+        """Adaptive grid offset of a resampling step: the APS-D choice on the skip below the top, with
+        the margins that let the inverse reproduce it from its reconstructed skip
+        (:func:`~equinet.sampling.polyphase.invertible_phase`; whether it was decided by a margin is
+        appended to ``decided``, if given)."""
         if not step.adaptive:
             return None
         if len(stack) < 2:
             raise RuntimeError(f"adaptive step {step.name} needs the skip tensor below the top of the stack")
-        return max_norm_phase(stack[-2], step.module.stride, step.p)
+        index, by_margin = invertible_phase(stack[-2], step.module.stride, step.p, other=stack[-1])
+        if decided is not None:
+            decided.append(by_margin)
+        return index
 
     # -- forward / inverse ------------------------------------------------------------------
     def run(
-        self, stack: List[torch.Tensor], offsets: Optional[List[Optional[torch.Tensor]]] = None
+        self, stack: List[torch.Tensor], offsets: Optional[List[Optional[torch.Tensor]]] = None,
+        decided: Optional[List[torch.Tensor]] = None,
     ) -> List[torch.Tensor]:
         """Run forward on ``stack`` (modified in place and returned). Appends the offsets used by
-        resampling steps to ``offsets`` (if given), in step order."""
+        resampling steps to ``offsets`` and, for adaptive steps, whether the choice was decided by
+        a margin to ``decided`` (if given), in step order."""
         for step in self.steps:
             if step.kind == "apply":
                 stack[-1] = step.module(stack[-1])
             elif step.kind in ("down", "up"):
-                offset = self._offset(step, stack)
+                offset = self._offset(step, stack, decided)
                 if offsets is not None:
                     offsets.append(offset)
                 stack[-1] = step.module(stack[-1], offset)
