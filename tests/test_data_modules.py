@@ -245,7 +245,8 @@ def test_lodopab_geometry_from_files_and_fbp_input_quality(lodopab, tmp_path):
 
 def test_real_lodopab_layout_without_manifest_uses_published_counts(tmp_path):
     """Files named as the real test part: file 027 is the last and holds 3553 - 27 * 128 = 97
-    real rows; without a manifest the loader must take that from the published constants."""
+    real rows; without a manifest the loader must take that from the published constants. (The
+    small geometry is declared: without a declaration the files would have to be 362 / 1000 x 513.)"""
     root = tmp_path / "lodopab_real_names"
     root.mkdir()
     n, angles, dets = 8, 6, 13
@@ -255,10 +256,12 @@ def test_real_lodopab_layout_without_manifest_uses_published_counts(tmp_path):
         data[:97] = rng.uniform(0.1, 0.9, size=(97, *shape))
         with h5py.File(root / f"{kind}_test_027.hdf5", "w") as f:
             f.create_dataset("data", data=data)
-    layout = scan_lodopab(root)
+    layout = scan_lodopab(root, ct.ParallelBeamGeometry(n, angles, dets))
     assert not layout.synthetic and [f.num_valid for f in layout.files["test"]] == [97]
     assert layout.geometry == ct.ParallelBeamGeometry(n, angles, dets)
-    dm = LoDoPaBDataModule(root=str(root), crop_size=n, data_dir=str(tmp_path), progress=False)
+    dm = LoDoPaBDataModule(
+        root=str(root), crop_size=n, geometry=(n, angles, dets), data_dir=str(tmp_path), progress=False
+    )
     dm.setup("test")
     assert len(dm.test_set) == 97
     assert dm.test_set[96].fname == "ground_truth_test_027:96"
@@ -348,7 +351,8 @@ def test_imagenet_class_folder_layout_sorted_by_file_name(tmp_path):
     )
     dm.setup("test")
     assert [p.name for p in dm.paths] == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 5)]
-    assert dm.test_set[0].fname.startswith("n00000000/")
+    assert dm.paths[0].parent.name == "n00000000"
+    assert dm.test_set[0].fname == "ILSVRC2012_val_00000001.JPEG"  # the image's identity, not its folder
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from fastmri.data import transforms as T
 from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
 
-from equinet.data.common import DataFormatError, check_finite, make_sample, normalize_pair
+from equinet.data.common import DataFormatError, check_finite, check_max_value, make_sample, normalize_pair
 from equinet.data.types import ReconSample
 
 MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
@@ -93,7 +93,9 @@ class MriSliceTransform:
     the zero-filled magnitude, centre-crops input and target to ``crop_size``, and normalises both
     with the input's mean/std (input clamped to +-6 as fastMRI). ``max_value`` is the file's
     ``max`` attribute. Unlike fastMRI's ``UnetDataTransform`` the target is not clamped, so
-    ``target * std + mean`` is exactly the stored ``reconstruction_esc``.
+    ``target * std + mean`` is exactly the stored ``reconstruction_esc``. Each slice is checked
+    (cheaply) before use: finite, k-space and target not all zero (an interrupted copy leaves
+    zeros), ``max`` a finite number > 0.
     """
 
     def __init__(self, mask_func: Optional[MaskFunc], crop_size: int, deterministic: bool) -> None:
@@ -119,6 +121,12 @@ class MriSliceTransform:
             )
         check_finite(kspace, f"{where}: kspace")
         check_finite(target, f"{where}: reconstruction_esc")
+        for name, array in (("kspace", kspace), ("reconstruction_esc", target)):
+            if not array.any():
+                raise DataFormatError(
+                    f"{where}: {name} is all zeros (an interrupted copy or a blank slice); the input would be "
+                    "noise-free zeros - re-copy the file or remove it"
+                )
         crop = (self.crop_size, self.crop_size)
         if min(kspace.shape) < self.crop_size:
             raise DataFormatError(
@@ -132,5 +140,7 @@ class MriSliceTransform:
         image = zero_filled(masked, crop)
         target_t = T.center_crop(torch.from_numpy(np.asarray(target, dtype=np.float32)), crop)
         image, target_t, mean, std = normalize_pair(image, target_t, clamp=FASTMRI_CLAMP)
-        max_value = float(attrs.get("max", float(target.max())))
+        if "max" not in attrs:
+            raise DataFormatError(f"{where}: missing attribute 'max' (data range used for PSNR/SSIM)")
+        max_value = check_max_value(attrs["max"], where)
         return make_sample(image, target_t, mean, std, max_value, fname, slice_num)
