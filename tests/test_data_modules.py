@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections import Counter
+from pathlib import Path
 
 import h5py
 import numpy as np
+import platformdirs
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -21,6 +25,7 @@ from equinet.data import (
     LoDoPaBDataModule,
     ReconSample,
     ct,
+    data_dir,
     synthetic,
 )
 from equinet.data.lodopab import LODOPAB_NUM_SAMPLES, scan_lodopab, valid_rows
@@ -466,3 +471,48 @@ def test_constructors_are_driven_by_jsonargparse(tmp_path):
         assert isinstance(dm, cls) and dm.crop_size == 64 and dm.batch_size == 2
         help_text = parser.format_help()
         assert "crop_size" in help_text and "centre crop" in help_text  # docstrings reach --help
+
+
+def test_data_dir_follows_the_platform_cache_convention(tmp_path, monkeypatch):
+    monkeypatch.delenv("EQUINET_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert data_dir() == tmp_path / "xdg" / "equinet"
+    assert data_dir() == Path(platformdirs.user_cache_dir("equinet", appauthor=False))
+    monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "team"))
+    assert data_dir() == tmp_path / "team"
+    assert data_dir(tmp_path / "mine") == tmp_path / "mine"
+    dm = FastMRIDataModule(synthetic_size=16, crop_size=16, data_dir=str(tmp_path / "mine"))
+    assert dm.synthetic_root().is_relative_to(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_written_by_the_data_package_follow_the_umask(tmp_path, umask):
+    """Synthetic datasets, `equinet data synth` output, FBP caches and their check records: every
+    file and folder gets the mode a plain open/mkdir would (0666/0777 minus the umask)."""
+    from equinet.data.cli import main
+
+    old = os.umask(umask)
+    try:
+        cache = tmp_path / "cache"
+        for dm in (
+            FastMRIDataModule(crop_size=16, synthetic_size=16, synthetic_volumes=1, synthetic_slices=1, data_dir=str(cache)),
+            LoDoPaBDataModule(crop_size=16, synthetic_size=16, synthetic_num=1, progress=False, data_dir=str(cache)),
+            ImageNetShiftDataModule(
+                crop_size=16, forward_model="ct", ct_image_size=16, synthetic_size=20, synthetic_num=2,
+                num_images=2, progress=False, data_dir=str(cache),
+            ),
+        ):  # fmt: skip
+            dm.prepare_data()
+            dm.setup("test")
+        main(["synth", "--kind", "lodopab", "--out", str(tmp_path / "synth"), "--num", "1", "--size", "16"])
+    finally:
+        os.umask(old)
+    written = [p for p in tmp_path.rglob("*")]
+    kinds = {p.suffix for p in written if p.is_file()}
+    assert {".h5", ".hdf5", ".json", ".JPEG"} <= kinds and any(
+        p.name.endswith(".checked.json") for p in written
+    )
+    wrong = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written
+             if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask}  # fmt: skip
+    assert not wrong

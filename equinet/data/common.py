@@ -90,16 +90,15 @@ def stable_seed(*parts: object) -> int:
     return int(stable_hash(*parts, length=15), 16)
 
 
-def check_finite(array, what: str) -> None:
-    """Raise :class:`DataFormatError` naming ``what`` if ``array`` holds NaN or inf."""
+def check_finite(array, what: str, cause: str = "the file is corrupt or was written incompletely") -> None:
+    """Raise :class:`DataFormatError` naming ``what`` (and the likely ``cause``) if ``array``
+    holds NaN or inf."""
     t = torch.as_tensor(array)
     if t.is_complex():
         t = torch.view_as_real(t)
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
-        raise DataFormatError(
-            f"{what} contains {bad} NaN/inf values; the file is corrupt or was written incompletely"
-        )
+        raise DataFormatError(f"{what} contains {bad} NaN/inf values; {cause}")
 
 
 def check_finite_rows(array: np.ndarray, what: str, first_row: int = 0) -> None:

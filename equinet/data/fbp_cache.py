@@ -32,6 +32,7 @@ import numpy as np
 from equinet.data.common import atomic_write_text, log, shown
 
 MEMO_VERSION = 1
+CACHE_CHANGED = "the cache file changed after it was checked; the next setup checks it again and rebuilds it"
 
 
 @dataclass

@@ -47,7 +47,7 @@ from equinet.data.common import (
     stable_hash,
     stable_seed,
 )
-from equinet.data.fbp_cache import CacheReport, build_cached_stack
+from equinet.data.fbp_cache import CACHE_CHANGED, CacheReport, build_cached_stack
 from equinet.data.mri import FASTMRI_CLAMP, file_seed, make_mask_func, mri_forward
 from equinet.data.synthetic import write_imagenet_folder
 from equinet.data.types import ReconSample
@@ -194,10 +194,7 @@ class ImageNetShiftDataset(Dataset):
         if self._cache_handle is None or self._cache_pid != os.getpid():
             self._cache_handle, self._cache_pid = h5py.File(self.fbp_cache, "r"), os.getpid()
         recon = np.asarray(self._cache_handle["data"][index], dtype=np.float32)
-        check_finite(
-            recon,
-            f"FBP cache {self.fbp_cache} row {index} (delete the file; it is rebuilt on the next setup)",
-        )
+        check_finite(recon, f"FBP cache {self.fbp_cache} row {index}", CACHE_CHANGED)
         return recon
 
     def __getstate__(self):

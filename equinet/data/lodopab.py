@@ -57,7 +57,7 @@ from equinet.data.common import (
     shown,
     stable_hash,
 )
-from equinet.data.fbp_cache import CacheReport, build_cached_stack, remembered
+from equinet.data.fbp_cache import CACHE_CHANGED, CacheReport, build_cached_stack, remembered
 from equinet.data.synthetic import LODOPAB_MANIFEST, write_lodopab_dataset
 from equinet.data.types import ReconSample
 
@@ -425,10 +425,7 @@ class LoDoPaBDataset(Dataset):
         truth = np.asarray(self._handles.get(info.ground_truth)["data"][row], dtype=np.float32)
         check_finite(truth, f"{info.ground_truth} row {row}")
         recon = np.asarray(self._handles.get(self.fbp_files[k])["data"][row], dtype=np.float32)
-        check_finite(
-            recon,
-            f"FBP cache {self.fbp_files[k]} row {row} (delete the file; it is rebuilt on the next setup)",
-        )
+        check_finite(recon, f"FBP cache {self.fbp_files[k]} row {row}", CACHE_CHANGED)
         target = torch.from_numpy(truth)
         data_range = float(truth.max() - truth.min())
         image = torch.from_numpy(recon)
