@@ -27,6 +27,8 @@ from _independent_data import (
     write_jpeg,
     write_lodopab_pair,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from equinet.data import DataFormatError, FastMRIDataModule, ImageNetShiftDataModule, LoDoPaBDataModule, ct
 from equinet.data import lodopab as lodopab_module
@@ -606,3 +608,38 @@ def test_imagenet_exif_orientation_is_ignored_as_torchvision_does(tmp_path):
         samples.append(dm.test_set[0])
     assert torch.equal(samples[0].target, samples[1].target)
     assert default_loader(str(rotated)).size == (64, 40)  # torchvision: width x height as stored
+
+
+# ---------------------------------------------------------------------------------------------
+# The cheap per-sample check itself
+# ---------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60)
+@given(
+    dtype=st.sampled_from([np.float32, np.float64, np.complex64]),
+    size=st.integers(1, 300),
+    scale=st.sampled_from([0.0, 1e-30, 1e-3, 1.0, 1e30]),
+    bad=st.lists(st.tuples(st.integers(0, 299), st.sampled_from([np.nan, np.inf, -np.inf])), max_size=3),
+    seed=st.integers(0, 1000),
+)
+def test_check_finite_agrees_with_the_exact_tests(dtype, size, scale, bad, seed):
+    """One BLAS pass decides; under- and overflow of the sum of squares fall back to the exact
+    tests, so the verdict is always that of np.isfinite / np.any."""
+    from equinet.data.common import check_finite
+
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_normal(size) * scale).astype(dtype)
+    for index, value in bad:
+        if index < size:
+            values[index] = value
+    if np.dtype(dtype).kind == "c" and bad and bad[0][0] < size:
+        values[bad[0][0]] = complex(1.0, bad[0][1])  # non-finite in the imaginary part only
+    real = values.view(values.real.dtype) if np.iscomplexobj(values) else values
+    expect_nonfinite, expect_zero = not np.isfinite(real).all(), not real.any()
+    try:
+        check_finite(values, "x", if_all_zero="(test)")
+        outcome = None
+    except DataFormatError as err:
+        outcome = "nonfinite" if "NaN/inf" in str(err) else "zero"
+    assert outcome == ("nonfinite" if expect_nonfinite else "zero" if expect_zero else None)

@@ -247,7 +247,8 @@ class ImageNetShiftDataModule(ReconDataModule):
         num_workers: DataLoader workers.
         pin_memory: DataLoader ``pin_memory``.
         progress: show a progress bar while building the CT cache.
-        data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or ``~/.cache/equinet``.
+        data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or the user
+            cache folder (``~/.cache/equinet`` on Linux).
         synthetic_num: images in the synthetic default folder.
         synthetic_size: shorter side of the synthetic JPEGs (375 as most ImageNet images).
     """

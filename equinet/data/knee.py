@@ -149,7 +149,8 @@ class FastMRIDataModule(ReconDataModule):
         seed: seed of the volume subsampling.
         use_dataset_cache: cache fastmri's per-file metadata in ``data_dir`` (faster restarts).
         pin_memory: DataLoader ``pin_memory``.
-        data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or ``~/.cache/equinet``.
+        data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or the user
+            cache folder (``~/.cache/equinet`` on Linux).
         synthetic_volumes: training volumes of the synthetic default (val/test get ``max(2, N // 4)``).
         synthetic_slices: slices per synthetic volume.
         synthetic_size: reconstruction size of the synthetic data (320 = real fastMRI; k-space is

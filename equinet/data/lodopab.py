@@ -393,8 +393,8 @@ class LoDoPaBDataset(Dataset):
 
     ``fname`` is ``"<ground-truth file stem>:<row>"`` (each image its own volume) and ``slice_num``
     is 0; ``max_value`` is the ground truth's ``max - min`` (its data range, as LoDoPaB's PSNR).
-    Each sample's ground truth and FBP are checked to be finite (cheap; the FBP cache file was
-    checked as a whole before, this guards against it changing underneath).
+    Each sample's ground truth and FBP are checked to be finite (:meth:`check`; cheap; the files
+    were checked as a whole before, this guards against them changing underneath).
     """
 
     def __init__(
@@ -419,13 +419,17 @@ class LoDoPaBDataset(Dataset):
         k = bisect.bisect_right(self.offsets, index) - 1
         return k, self.files[k].rows[index - self.offsets[k]]
 
+    def check(self, truth: np.ndarray, recon: np.ndarray, k: int, row: int) -> None:
+        """The per-sample checks (cheap, always on): ground truth and FBP finite."""
+        check_finite(truth, f"{self.files[k].ground_truth} row {row}")
+        check_finite(recon, f"FBP cache {self.fbp_files[k]} row {row}", CACHE_CHANGED)
+
     def __getitem__(self, index: int) -> ReconSample:
         k, row = self.locate(index)
         info = self.files[k]
         truth = np.asarray(self._handles.get(info.ground_truth)["data"][row], dtype=np.float32)
-        check_finite(truth, f"{info.ground_truth} row {row}")
         recon = np.asarray(self._handles.get(self.fbp_files[k])["data"][row], dtype=np.float32)
-        check_finite(recon, f"FBP cache {self.fbp_files[k]} row {row}", CACHE_CHANGED)
+        self.check(truth, recon, k, row)
         target = torch.from_numpy(truth)
         data_range = float(truth.max() - truth.min())
         image = torch.from_numpy(recon)
