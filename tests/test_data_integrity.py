@@ -277,8 +277,8 @@ def test_ground_truth_outside_unit_interval_is_refused(tmp_path, scale, offset):
         f["data"][1] = f["data"][1] * scale + offset
     with pytest.raises(
         DataFormatError,
-        match=r"ground_truth_validation_000.hdf5 row\(s\) \[1\]: values in \[.*\], outside \[0, 1\]; LoDoPaB ground "
-        r"truth is the attenuation divided by MU_MAX",
+        match=r"ground_truth_validation_000.hdf5 row\(s\) \[1\]: values in \[.*\], outside \[0, 1\]; "
+        r"LoDoPaB ground truth is the attenuation divided by MU_MAX",
     ):
         lodopab_dm(root, tmp_path).setup("validate")
 

@@ -496,8 +496,12 @@ def test_files_written_by_the_data_package_follow_the_umask(tmp_path, umask):
     try:
         cache = tmp_path / "cache"
         for dm in (
-            FastMRIDataModule(crop_size=16, synthetic_size=16, synthetic_volumes=1, synthetic_slices=1, data_dir=str(cache)),
-            LoDoPaBDataModule(crop_size=16, synthetic_size=16, synthetic_num=1, progress=False, data_dir=str(cache)),
+            FastMRIDataModule(
+                crop_size=16, synthetic_size=16, synthetic_volumes=1, synthetic_slices=1, data_dir=str(cache)
+            ),
+            LoDoPaBDataModule(
+                crop_size=16, synthetic_size=16, synthetic_num=1, progress=False, data_dir=str(cache)
+            ),
             ImageNetShiftDataModule(
                 crop_size=16, forward_model="ct", ct_image_size=16, synthetic_size=20, synthetic_num=2,
                 num_images=2, progress=False, data_dir=str(cache),

@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar=("IMAGE_SIZE", "ANGLES", "BINS"),
-        help="geometry of data that is not LoDoPaB's 362 / 1000 x 513 (or declare it in equinet_lodopab.json)",
+        help="geometry of data that is not LoDoPaB's 362 / 1000 x 513 (or declare it in "
+        "equinet_lodopab.json)",
     )
     cache.add_argument(
         "--parts",

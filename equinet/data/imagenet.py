@@ -93,8 +93,8 @@ def list_images(root: Path) -> List[Path]:
         if first.name == second.name:
             raise DataFormatError(
                 f"{root}: the image name {first.name} occurs twice ({first.relative_to(root)} and "
-                f"{second.relative_to(root)}); images are identified by file name (sample names, mask and noise "
-                "seeds), so each name must occur once - remove the duplicate"
+                f"{second.relative_to(root)}); images are identified by file name (sample names, mask "
+                "and noise seeds), so each name must occur once - remove the duplicate"
             )
     return images
 
@@ -112,7 +112,8 @@ def open_image(path: Path) -> Iterator["PIL.Image.Image"]:  # noqa: F821
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DataFormatError(
             f"{path}: refused, the image is too large ({err}); ImageNet photos have a few megapixels, so the "
-            "file is damaged or not one of them - remove it (or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine)"
+            "file is damaged or not one of them - remove it (or raise PIL.Image.MAX_IMAGE_PIXELS if it is "
+            "genuine)"
         ) from None
     except (UnidentifiedImageError, OSError) as err:
         raise DataFormatError(f"{path}: not a readable image ({err}); remove or replace it") from None

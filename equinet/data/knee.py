@@ -86,8 +86,8 @@ class CheckedSliceDataset(SliceDataset):
             for key in ("kspace", self._recons_key):
                 if not isinstance(hf[key], h5py.Dataset):
                     raise DataFormatError(
-                        f"{fname}: {key!r} is an HDF5 {type(hf[key]).__name__.lower()}, not a dataset; fastMRI files "
-                        f"hold {key!r} as an array of slices"
+                        f"{fname}: {key!r} is an HDF5 {type(hf[key]).__name__.lower()}, not a dataset; "
+                        f"fastMRI files hold {key!r} as an array of slices"
                     )
             kspace, target = hf["kspace"], hf[self._recons_key]
             expected_ndim = 3 if self._challenge == "singlecoil" else 4
@@ -266,8 +266,8 @@ class FastMRIDataModule(ReconDataModule):
             samples = [s for s in samples if s.metadata.get("acquisition") == self.acquisition]
             if not samples:
                 raise DataFormatError(
-                    f"{folder}: no volume has acquisition {self.acquisition!r}; the files' 'acquisition' attributes "
-                    f"are (slices): {dict(found)}"
+                    f"{folder}: no volume has acquisition {self.acquisition!r}; the files' 'acquisition' "
+                    f"attributes are (slices): {dict(found)}"
                 )
         if self.sample_rate is not None and self.sample_rate < 1:
             volumes = sorted({s.fname.name for s in samples})

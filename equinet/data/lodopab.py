@@ -147,7 +147,8 @@ def read_manifest(path: Path) -> LoDoPaBManifest:
         counts = manifest["num_samples"]
         if not isinstance(counts, dict) or not set(counts) <= set(LODOPAB_NUM_SAMPLES):
             raise DataFormatError(
-                f"{path}: num_samples must map parts {sorted(LODOPAB_NUM_SAMPLES)} to sample counts, got {counts!r}"
+                f"{path}: num_samples must map parts {sorted(LODOPAB_NUM_SAMPLES)} to sample counts, "
+                f"got {counts!r}"
             )
         result.totals = {
             part: _integer(count, f"{path}: num_samples.{part}", 0) for part, count in counts.items()
@@ -179,7 +180,8 @@ def declared_geometry(
     stated = manifest.geometry if manifest is not None else None
     if argument is not None and stated is not None and argument != stated:
         raise DataFormatError(
-            f"the geometry argument ({argument.describe()}) contradicts {manifest.path} ({stated.describe()}); "
+            f"the geometry argument ({argument.describe()}) contradicts {manifest.path} "
+            f"({stated.describe()}); "
             "give one of them, or make them agree"
         )
     if argument is not None:
@@ -204,12 +206,14 @@ def _check_shapes(
         return
     if tuple(obs_shape) == (bins, angles):
         raise DataFormatError(
-            f"{obs_path}: sinograms are stored transposed, {obs_shape[0]}x{obs_shape[1]} (detector bins x angles, "
+            f"{obs_path}: sinograms are stored transposed, {obs_shape[0]}x{obs_shape[1]} "
+            "(detector bins x angles, "
             f"the layout skimage.transform.radon returns); LoDoPaB stores (angles x bins) = {angles}x{bins}: "
             "write data.transpose(0, 2, 1)"
         )
     raise DataFormatError(
-        f"{obs_path}: sinograms are {obs_shape[0]}x{obs_shape[1]}, expected {angles}x{bins} (angles x detector "
+        f"{obs_path}: sinograms are {obs_shape[0]}x{obs_shape[1]}, expected {angles}x{bins} "
+        "(angles x detector "
         f"bins) for {n}x{n} images from {source}"
     )
 
@@ -340,9 +344,10 @@ def check_pair(info: LoDoPaBFile, chunk: int = 16) -> Dict:
             if outside.any():
                 rows = (np.flatnonzero(outside) + i).tolist()
                 raise DataFormatError(
-                    f"{info.ground_truth} row(s) {rows}: values in [{low.min():.4g}, {high.max():.4g}], outside [0, 1]; "
-                    f"LoDoPaB ground truth is the attenuation divided by MU_MAX = {ct.MU_MAX} /m, so it lies in [0, 1] "
-                    "(Hounsfield units must be converted: mu = mu_water (1 + HU / 1000) / MU_MAX, clipped to [0, 1])"
+                    f"{info.ground_truth} row(s) {rows}: values in [{low.min():.4g}, {high.max():.4g}], "
+                    "outside [0, 1]; LoDoPaB ground truth is the attenuation divided by MU_MAX = "
+                    f"{ct.MU_MAX} /m, so it lies in [0, 1] (Hounsfield units must be converted: "
+                    "mu = mu_water (1 + HU / 1000) / MU_MAX, clipped to [0, 1])"
                 )
             observation = np.ascontiguousarray(obs_data[i:j], dtype="<f4")
             check_finite_rows(observation, str(info.observation), first_row=i)

@@ -7,10 +7,11 @@ each DataModule's loader with ``--workers`` workers. Throughputs are also given 
 fastMRI loader measured in the same run (absolute numbers depend on the machine and its load).
 FBP backends available here are timed on the same sinograms, as ratios to the chosen one.
 
-Validation cost: the always-on per-sample checks are timed as the ratio of loading every sample
-with them to loading it with them switched off (alternated, median of per-pair ratios, in one
-process); the one-time checks of LoDoPaB files (read, checksum, zero rows, range) and of an FBP
-cache file are given as a fraction of the FBP cache step they accompany.
+Validation cost: the always-on per-sample checks are timed as the ratio of loading a sample with
+them to loading it with them switched off (back to back, alternating order, median of the
+per-pair ratios over every sample, in one process); the one-time checks of LoDoPaB files (read,
+checksum, zero rows, range) and of an FBP cache file are given as a fraction of the FBP cache
+step they accompany.
 
     python experiments/benchmarks/data_throughput.py [--workers 2] [--batch-size 4] [--passes 2]
 """
@@ -50,29 +51,29 @@ def throughput(loader, passes: int) -> tuple[int, float, float]:
 
 
 def check_overhead(dataset, owner: type, repeats: int) -> float:
-    """Median over ``repeats`` pairs of (seconds to load every sample of ``dataset``) with
-    ``owner.check`` (the per-sample checks) on / off, alternating which goes first."""
+    """Median over (sample, repeat) pairs of the seconds to load that sample with ``owner.check``
+    (the per-sample checks) on / off, timed back to back in alternating order."""
     real = owner.__dict__["check"]
 
-    def load(checks: bool) -> float:
+    def load(index: int, checks: bool) -> float:
         if not checks:
             owner.check = lambda self, *args: None
         try:
             start = time.perf_counter()
-            for i in range(len(dataset)):
-                dataset[i]
+            dataset[index]
             return time.perf_counter() - start
         finally:
             owner.check = real
 
-    load(True)  # warm-up: file handles, page cache
     ratios = []
-    for r in range(repeats):
-        if r % 2:
-            off, on = load(False), load(True)
-        else:
-            on, off = load(True), load(False)
-        ratios.append(on / off)
+    for index in range(len(dataset)):
+        load(index, True)  # warm-up: file handles, page cache
+        for r in range(repeats):
+            if r % 2:
+                off, on = load(index, False), load(index, True)
+            else:
+                on, off = load(index, True), load(index, False)
+            ratios.append(on / off)
     return statistics.median(ratios)
 
 
@@ -193,7 +194,10 @@ def main() -> None:
     for name, count, rate, first in rows:
         print(f"| {name} | {count} | {rate:.1f} | {rate / reference:.2f}x | {first:.2f} |")
 
-    print(f"\n| per-sample checks (always on, {args.repeats} on/off pairs) | load time with / without |")
+    print(
+        f"\n| per-sample checks (always on; {args.repeats} on/off pairs per sample) "
+        "| load time with / without |"
+    )
     print("|---|---:|")
     for name, dataset, owner in (
         ("FastMRIDataModule (train)", knee.train_set, MriSliceTransform),
@@ -212,7 +216,8 @@ def main() -> None:
     verify_ms = 1000 * (time.perf_counter() - start) / sum(f.rows[-1] + 1 for f in files)
     print(
         f"\none-time checks (remembered until a file changes): LoDoPaB file pair {check_ms:.1f} ms/sample "
-        f"({check_ms / report.per_image_ms:.1%} of the FBP cache step), FBP cache file {verify_ms:.1f} ms/image "
+        f"({check_ms / report.per_image_ms:.1%} of the FBP cache step), "
+        f"FBP cache file {verify_ms:.1f} ms/image "
         f"({verify_ms / report.per_image_ms:.1%})"
     )
 
