@@ -153,21 +153,7 @@ def test_fbp_cache_prints_its_summary_once_and_check_builds_the_cache_once(
     tmp_path, capsys, caplog, monkeypatch
 ):
     out = tmp_path / "lodopab"
-    main(
-        [
-            "synth",
-            "--kind",
-            "lodopab",
-            "--out",
-            str(out),
-            "--num",
-            "3",
-            "--size",
-            "24",
-            "--samples-per-file",
-            "2",
-        ]
-    )
+    main(f"synth --kind lodopab --out {out} --num 3 --size 24 --samples-per-file 2".split())
     capsys.readouterr()
     with caplog.at_level(logging.INFO, logger="equinet.data"):
         main(["fbp-cache", "--root", str(out), "--backend", "torch"])

@@ -23,7 +23,6 @@ from _independent_data import (
     random_blobs,
     set_jpeg_size,
     write_fastmri_file,
-    write_fastmri_root,
     write_jpeg,
     write_lodopab_pair,
 )
@@ -404,37 +403,8 @@ def knee_dm(root: Path, tmp_path: Path, **kwargs) -> FastMRIDataModule:
     return FastMRIDataModule(root=str(root), data_dir=str(tmp_path / "cache"), **kwargs)
 
 
-@pytest.fixture(scope="module")
-def independent_knee(tmp_path_factory) -> Path:
-    return write_fastmri_root(tmp_path_factory.mktemp("independent") / "knee")
-
-
 def private_copy(root: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(root, tmp_path / "knee"))
-
-
-def test_fastmri_inputs_equal_unet_data_transform_bit_for_bit(independent_knee, tmp_path):
-    from fastmri.data import SliceDataset
-    from fastmri.data.transforms import UnetDataTransform
-
-    from equinet.data.mri import make_mask_func
-
-    dm = knee_dm(independent_knee, tmp_path)
-    dm.setup("validate")
-    reference = SliceDataset(
-        independent_knee / "singlecoil_val",
-        "singlecoil",
-        transform=UnetDataTransform("singlecoil", make_mask_func(), use_seed=True),
-    )
-    assert len(reference) == len(dm.val_set) == 6
-    for index in range(len(reference)):
-        ours, theirs = dm.val_set[index], reference[index]
-        assert (ours.fname, ours.slice_num) == (theirs.fname, theirs.slice_num)
-        assert torch.equal(ours.input[0], theirs.image)
-        assert torch.equal(ours.target[0].clamp(-6, 6), theirs.target)  # fastMRI clamps its target
-        assert torch.equal(ours.mean, theirs.mean)
-        assert torch.equal(ours.std, theirs.std + 1e-11)  # ours is the divisor, eps included
-        assert float(ours.max_value) == pytest.approx(theirs.max_value)
 
 
 def test_fastmri_all_zero_kspace_slice_is_refused_on_load(independent_knee, tmp_path):

@@ -17,6 +17,18 @@ DEFAULT_SIZE = {"knee": 320, "lodopab": 362, "imagenet": 375}
 DEFAULT_NUM = {"knee": 8, "lodopab": 60, "imagenet": 64}
 
 
+def _add_geometry(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    parser.add_argument(
+        "--geometry",
+        nargs=3,
+        type=int,
+        default=None,
+        metavar=("IMAGE_SIZE", "ANGLES", "BINS"),
+        help=f"{prefix}geometry of data that is not LoDoPaB's 362 / 1000 x 513 (or declare it in "
+        "equinet_lodopab.json)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="equinet data",
@@ -93,15 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         "--device", default=None, help="torch device for the torch backend (default: cuda if available)"
     )
     cache.add_argument("--cache-dir", default=None, help="cache folder (default ROOT/fbp_cache)")
-    cache.add_argument(
-        "--geometry",
-        nargs=3,
-        type=int,
-        default=None,
-        metavar=("IMAGE_SIZE", "ANGLES", "BINS"),
-        help="geometry of data that is not LoDoPaB's 362 / 1000 x 513 (or declare it in "
-        "equinet_lodopab.json)",
-    )
+    _add_geometry(cache)
     cache.add_argument(
         "--parts",
         nargs="*",
@@ -121,14 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--forward-model", default="mri", choices=("mri", "ct", "none"), help="imagenet: forward model"
     )
-    check.add_argument(
-        "--geometry",
-        nargs=3,
-        type=int,
-        default=None,
-        metavar=("IMAGE_SIZE", "ANGLES", "BINS"),
-        help="lodopab: geometry of data that is not LoDoPaB's 362 / 1000 x 513",
-    )
+    _add_geometry(check, "lodopab: ")
     return parser
 
 
