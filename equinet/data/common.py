@@ -134,6 +134,7 @@ def check_max_value(value, where: str) -> float:
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number) or number <= 0:
+        value = value.item() if isinstance(value, np.generic) else value  # 'nan', not 'np.float64(nan)'
         raise DataFormatError(
             f"{where}: attribute 'max' is {value!r}; it must be a finite number > 0 (the maximum of the "
             "volume's target, used as PSNR/SSIM data range) - rewrite it as reconstruction_esc.max()"

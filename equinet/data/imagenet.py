@@ -22,7 +22,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -51,6 +51,9 @@ from equinet.data.fbp_cache import CACHE_CHANGED, CacheReport, build_cached_stac
 from equinet.data.mri import FASTMRI_CLAMP, file_seed, make_mask_func, mri_forward
 from equinet.data.synthetic import write_imagenet_folder
 from equinet.data.types import ReconSample
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 FORWARD_MODELS = ("mri", "ct", "none")
@@ -100,7 +103,7 @@ def list_images(root: Path) -> List[Path]:
 
 
 @contextmanager
-def open_image(path: Path) -> Iterator["PIL.Image.Image"]:  # noqa: F821
+def open_image(path: Path) -> Iterator["Image.Image"]:
     """``PIL.Image.open`` that refuses images beyond PIL's decompression-bomb limit
     (``PIL.Image.MAX_IMAGE_PIXELS``, 89 megapixels) and names the file in every error."""
     from PIL import Image, UnidentifiedImageError
@@ -389,6 +392,8 @@ class ImageNetShiftDataModule(ReconDataModule):
 
     def build_fbp_cache(self, paths: List[Path]) -> CacheReport:
         """Project, add noise and FBP every selected image once (resumable, atomic)."""
+        if self._cache is not None and self._cache[0] == paths:  # built and checked by this process
+            return self.cache_report
         geometry = self.geometry
         assert geometry is not None
         backend = ct.resolve_fbp_backend(self.fbp_backend)
@@ -418,8 +423,6 @@ class ImageNetShiftDataModule(ReconDataModule):
                 noisy = noisy.to(device)
             return ct.fbp(noisy, geometry, backend).cpu().numpy()
 
-        if self._cache is not None and self._cache[0] == paths:  # built and checked by this process
-            return self.cache_report
         path = self.cache_path(paths, backend)
         key = {
             "num_images": len(paths),
