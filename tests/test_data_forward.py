@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from equinet.data import ct, mri, synthetic
 
+
 # ---------------------------------------------------------------------------------------------
 # CT geometry and forward model
 # ---------------------------------------------------------------------------------------------

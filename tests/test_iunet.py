@@ -19,6 +19,7 @@ from equinet.models.memory_efficient import MemoryEfficientBackprop
 from equinet.sampling.orthogonal import METHODS, OrthogonalMatrices
 
 
+
 def randomize(net: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
     """Move every orthogonal matrix (resampling, channel mixing) away from its initialisation."""
     g = torch.Generator().manual_seed(seed)
@@ -520,8 +521,8 @@ def test_training_step_reduces_loss_with_memory_efficient_backprop():
 # Property test over random architectures, strides, channels, methods and inits
 # ---------------------------------------------------------------------------------------------
 
-import hypothesis.strategies as st  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
+import hypothesis.strategies as st  # noqa: E402
 
 
 @settings(max_examples=20)

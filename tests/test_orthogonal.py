@@ -30,6 +30,9 @@ from equinet.sampling.orthogonal import (
 )
 from equinet.sampling.polyphase import max_norm_phase
 
+
+
+
 DOWN = {1: InvertibleDownsampling1D, 2: InvertibleDownsampling2D, 3: InvertibleDownsampling3D}
 UP = {1: InvertibleUpsampling1D, 2: InvertibleUpsampling2D, 3: InvertibleUpsampling3D}
 STRIDES = {  # isotropic and anisotropic per dimension

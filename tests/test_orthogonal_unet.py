@@ -9,6 +9,7 @@ from equinet.models import UNet
 from equinet.sampling.orthogonal import METHODS
 
 
+
 def _randomize(net, seed):
     """Random batch-norm statistics/affine maps and orthogonal matrices away from their init."""
     g = torch.Generator().manual_seed(seed)
