@@ -41,8 +41,8 @@ chosen, the coarse tensor is zero, the coupling turns its (mean, detail) channel
 ``(0, b)``, and the Haar upsampling turns that into the alternating pattern ``+-b / sqrt(2)``:
 ``G(0)`` is not ``T_1``-invariant, so ``G(T_1 0) = G(0) != T_1 G(0)``. The grid only decides
 where the pattern starts; no choice makes it vanish (``tests/test_ties.py`` builds this network).
-So equinet keeps the exact inverse and makes every
-decided choice -- ties without symmetry included -- exactly equivariant.
+So equinet keeps the exact inverse and makes every decided choice -- ties without symmetry
+included -- exactly equivariant.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ its learned logit) whose exact value ``a_k`` is a sum over the values of compone
    ``f_top - beta_top > f_j + beta_j`` for every other ``j``, ``a_top`` is the unique exact
    maximum. A circular shift permutes the components and, within each, the pixels, so the
    multiset of values -- and ``a_k`` -- of each component moves with the shift: the exact
-   maximiser of ``T_m x`` is that of ``x`` plus ``m``. Either path below returns the exact
-   maximiser, so it does not matter that ``x`` and ``T_m x`` may take different paths.
+   maximiser of ``T_m x`` is that of ``x`` plus ``m``. Step 2 finds the same unique maximiser
+   whenever it exists, so it does not matter that ``x`` and ``T_m x`` may take different paths.
 2. **Exact path** (only samples that fail 1). ``a_k`` is computed exactly (:func:`exact_values`:
    error-free extraction into float64 parts whose sums cannot round, then rationals), so it does
    not depend on the order of the pixels: the tied set ``{k : a_k = max a}`` of ``T_m x`` is
@@ -33,25 +33,33 @@ its learned logit) whose exact value ``a_k`` is a sum over the values of compone
    rounding); the winners are the positions ``p`` (of a tied phase) whose rotation is largest.
    The ranks move with the shift, and two positions have equal rotations iff ``T_{p'-p} h = h``,
    so the winners are ``p0 + Stab(h)``: a single phase unless ``h`` has a real symmetry. Ties
-   without symmetry (a +-1 checkerboard, a hot pixel, an image made of 2x2 blocks) are resolved
-   exactly; no position-free statistic of the components could separate the last two.
+   without symmetry (a hot pixel after the dense max, an image made of 2x2 blocks, the +1 and
+   -1 phases of a +-1 checkerboard) are resolved exactly; no statistic of each component alone
+   could separate the first two, whose components are shifted copies of each other.
 4. **Symmetry.** If the winners cover several phases, the choice is ``r = p0 mod s`` and the
    :class:`SymmetryFrame` lists one symmetry shift ``j`` of ``h`` per class of ``S(h)``; the
    upsampler of the level averages its output over them (:func:`average_over_symmetries`).
    Because ``T_j h = h``, the branch that would have chosen ``r + j`` equals ``T_j`` of branch
-   ``r``: the frame average costs one branch plus a few rolls. Proof that this is exactly
-   equivariant, with ``Phi(h) = mean_j T_j T_r U(Psi(D_s T_{-r} h))`` and ``Psi`` (the deeper
-   levels) equivariant by induction: for ``h' = T_m h`` the rule gives ``r' = r + m + j0 + s q``
-   with ``j0`` a symmetry; then ``D_s T_{-r'} h' = T_{-q} D_s T_{-r} h``, so branch ``r'`` of
-   ``h'`` is ``T_m T_{j0}`` branch ``r`` of ``h``, and averaging over the shifted set of symmetry
-   classes gives ``Phi(h') = T_m Phi(h)`` (two lifts of one class differ by ``s q'`` with
-   ``T_{s q'} h = h``, which leaves branch ``r`` unchanged).
+   ``r``: the frame average costs one branch plus a few rolls. Averaging the level's upsampled
+   output (not the network's) suffices, and is not the soft mixing of components that breaks
+   equivariance: it is the frame average of the sub-network ``Phi`` from ``h`` to that output,
+   and everything around ``Phi`` is equivariant. Proof, with ``Phi(h) = mean_j T_j T_r
+   U(Psi(D_s T_{-r} h))`` and ``Psi`` (the deeper levels) equivariant by induction: for
+   ``h' = T_m h`` the rule gives ``r' = r + m + j0 + s q`` with ``j0`` a symmetry; then
+   ``D_s T_{-r'} h' = T_{-q} D_s T_{-r} h``, so branch ``r'`` of ``h'`` is ``T_m T_{j0}`` branch
+   ``r`` of ``h``, and averaging over the shifted set of symmetry classes gives
+   ``Phi(h') = T_m Phi(h)`` (two lifts of one class differ by ``s q'`` with ``T_{s q'} h = h``,
+   which leaves branch ``r`` unchanged). The mean adds its copies in sorted order, so it keeps
+   the symmetries bit for bit.
 
 What "exactly" needs: the features reaching the choice must be shifted bit for bit when the
 input is (circular float32 convolutions, pointwise layers, batch norm in eval mode -- tested on
-CPU). Per-sample statistics (instance/group norm) change by rounding under a shift; symmetries
-and ties between components with equal value multisets stay exact, other exact ties could be
-broken by that rounding. Non-finite features have no norm and keep the plain argmax.
+CPU). PyTorch's float64 CPU convolution is not position-uniform (a constant image does not give
+a constant output), so in float64 a symmetric input meets rounding-level near-ties instead of
+ties, and no rule can be exact there. Per-sample statistics (instance/group norm) change by
+rounding under a shift; symmetries and ties between components with equal value multisets stay
+exact, other exact ties could be broken by that rounding. Non-finite features have no norm and
+keep the plain argmax.
 """
 
 from __future__ import annotations

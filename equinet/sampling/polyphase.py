@@ -162,8 +162,7 @@ def max_norm_choice(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> P
 
 
 def max_norm_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> torch.Tensor:
-    """The phase of :func:`max_norm_choice` alone, long ``(B, d)`` (where no averaging is possible,
-    as in the invertible iUNet)."""
+    """The phase of :func:`max_norm_choice` alone, long ``(B, d)``, without its symmetry frame."""
     return max_norm_choice(x, stride, p).index
 
 
