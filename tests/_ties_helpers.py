@@ -117,13 +117,14 @@ ADAPTIVE = {
 }
 CONTROL = {"maxpool": ("maxpool", {})}
 SIZE = {1: 32, 2: 32, 3: 8}
+TRAIN_SIZE = {1: 32, 2: 32, 3: 16}
 DEPTH = {1: 3, 2: 3, 3: 2}
 
 
 def train_briefly(net: torch.nn.Module, dim: int, steps: int = 8, seed: int = 0) -> torch.nn.Module:
     """A few Adam steps (lr 1e-2) towards a smoothed copy of mixed natural/degenerate inputs, so
     the weights and batch-norm statistics are those of a (briefly) trained network."""
-    n = SIZE[dim]
+    n = TRAIN_SIZE[dim]
     channels = net.in_channels if hasattr(net, "in_channels") else net.channels[0]
     names = ["natural", "natural", "hot_pixel", "checker2"]
     x = torch.cat([batch(names, dim, n, channels, seed=s) for s in (seed, seed + 1)])

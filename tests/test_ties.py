@@ -249,14 +249,15 @@ def test_adaptive_unets_are_exactly_equivariant_on_degenerate_inputs_all_dims(di
     _check_unets(dim, names, trained, shifts_for(dim, data.draw), seed)
 
 
-@pytest.mark.parametrize("dim,trained", [(1, False), (2, False), (2, True),
-                                         pytest.param(3, False, marks=pytest.mark.slow),
-                                         pytest.param(1, True, marks=pytest.mark.slow),
-                                         pytest.param(3, True, marks=pytest.mark.slow)])
-def test_every_family_breaks_the_maxpool_control_and_no_adaptive_strategy(dim, trained):
+@pytest.mark.parametrize("dim,trained,size", [(1, False, SIZE[1]), (2, False, SIZE[2]), (2, True, SIZE[2]),
+                                              pytest.param(3, False, SIZE[3], marks=pytest.mark.slow),
+                                              pytest.param(1, True, SIZE[1], marks=pytest.mark.slow),
+                                              pytest.param(3, True, 16, marks=pytest.mark.slow)])
+def test_every_family_breaks_the_maxpool_control_and_no_adaptive_strategy(dim, trained, size):
     """The same inputs and shifts, all families at once: maxpool fails every one of them by orders
-    of magnitude above the bound, every adaptive strategy meets it."""
-    x = batch(FAMILIES, dim, SIZE[dim])
+    of magnitude above the bound, every adaptive strategy meets it. (Trained 3D at 16^3: at 8^3
+    the maxpool net trained on 16^3 volumes is generic; at 8^3 its decoder can die.)"""
+    x = batch(FAMILIES, dim, size)
     shifts = [(1,) * dim, (3,) + (0,) * (dim - 1), (0,) * (dim - 1) + (5,), (-7,) + (2,) * (dim - 1)]
     control = torch.stack([equivariance_nmse(unet("maxpool", dim, trained), x, k) for k in shifts]).amax(0)
     assert control.min() > 1e-6, dict(zip(FAMILIES, control.tolist()))
