@@ -207,13 +207,16 @@ def invertible_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0,
     K = math.prod(stride)
     t = INVERTIBLE_MARGIN * torch.finfo(_work_dtype(x.dtype)).eps
     norms = polyphase_norms(x, stride, p).flatten(1)
-    energy = x.to(torch.float64).square().flatten(1).sum(dim=1)
+    # E, cheaply: ||x||^2 from the norms (p = 2), ||other||^2 in one fused pass; doubled, so that
+    # the fast path's margin is at least the exact one of step 2 whatever their rounding
+    own = norms.sum(dim=1) if p == 2 else torch.linalg.vecdot(x.flatten(1), x.flatten(1)).to(torch.float64)
+    energy = own
     if other is not None:
-        energy = energy + other.detach().to(torch.float64).square().flatten(1).sum(dim=1)
+        o = other.detach().flatten(1)
+        energy = own + torch.linalg.vecdot(o, o).to(torch.float64)
     bound = norm_rounding_bound(norms, x, stride, p)
     top_norm = (norms + bound).amax(dim=1, keepdim=True)
-    # float margin >= the exact one: E is rounded up by far more than its float64 rounding
-    margin = 2 * bound + t * (top_norm * energy[:, None] * (1 + 1e-9)).sqrt()
+    margin = 2 * bound + t * (top_norm * 2 * energy[:, None]).sqrt()
     top, decided = certain_argmax(norms, margin)
     index = unravel_phase(top, stride)
     if bool(decided.all()):

@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,11 +157,15 @@ def main() -> None:
     print("| case (no ties) | with the tie rule / plain argmax |\n|---|---:|")
     worst = 0.0
     for name, build in cases.items():
+        if args.only not in name:
+            continue
         t = interleaved_medians(build(), repeats=args.repeats, warmup=1)
         ratio = t["rule"] / t["plain"]
         worst = max(worst, ratio)
         print(f"| {name} | {ratio:.3f}x |")
     print(f"\nworst no-tie overhead {worst:.3f}x (target <= 1.05x): {'PASS' if worst <= 1.05 else 'MISS'}")
+    if args.only:
+        return
     print("\n| tie path: constant batch (every level ties) / random batch, eval forward | ratio |")
     print("|---|---:|")
     for name, (sampling, kwargs) in {"aps": ("aps", {}), "lps": ("lps", {}),
