@@ -16,7 +16,7 @@ import yaml
 TIMING = ("train_minutes", "step_time_ratio")  # measured, not reproducible to the bit
 
 
-def tiny_study(knee: Path, imagenet: Path, variants: Sequence[str] = ("baseline", "APS"), steps: int = 2,
+def tiny_study(knee: Path, imagenet: Path, variants: Sequence[str] = ("baseline", "APS"), steps: int = 3,
                callbacks: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
     """A study of U-Nets with 4 channels on the 32x32 session knee data, a few steps each."""
     trainer = {"accelerator": "cpu", "devices": 1, "max_steps": steps, "logger": False, "deterministic": True,

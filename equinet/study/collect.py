@@ -211,7 +211,7 @@ def main_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def results_markdown(rows: Sequence[Mapping[str, Any]], study_config: Mapping[str, Any], notes: Sequence[str],
-                     figures: Sequence[Path]) -> str:
+                     figures: Sequence[Path], layout: RunLayout) -> str:
     name = study_config.get("name", "study")
     lines = [f"# equinet study: {name}", ""]
     if study_config.get("description"):
@@ -238,6 +238,10 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], study_config: Mapping[st
     if figures:
         lines += ["", "## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures]
     lines += ["", "## Columns (results.csv)", ""] + [f"- `{k}`: {v}" for k, v in COLUMN_HELP.items()]
+    lines += ["", "## Runs", "", "Each variant is an ordinary run folder `runs/<variant>` (config, checkpoints, logger "
+              "output, the reports of the test and of the out-of-distribution test). Re-test one by itself, e.g.:", "",
+              "```bash", f"equinet test --config {layout.config('APS')} {' '.join(layout.location_args('APS'))} "
+              "--ckpt_path last", "```"]
     if groups_of(rows):
         lines.append("- `<column>_<group>`: the same over the volumes of one acquisition (pd: CORPD_FBK, "
                      "pdfs: CORPDFS_FBK)")
@@ -323,7 +327,7 @@ def collect(study_dir: Path, log=print, figures: bool = True) -> List[Dict[str, 
                                                    reference=study.config["cost"].get("reference") or "baseline")
         notes += figure_notes
     atomic_write_text(study_dir / "results.csv", results_csv(rows))
-    atomic_write_text(study_dir / "results.md", results_markdown(rows, study.config, notes, figure_paths))
+    atomic_write_text(study_dir / "results.md", results_markdown(rows, study.config, notes, figure_paths, layout))
     for note in notes:
         log(f"collect: {note}")
     return rows

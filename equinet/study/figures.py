@@ -24,6 +24,7 @@ from equinet.files import temporary_path
 from equinet.study.variants import INPUT
 
 FLOOR = 1e-17  # exact zeros drawn at this height on log axes (and marked "0")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8")
 UPSAMPLING_MODES = (("transposed conv", "maxpool", {"up": "transposed"}),
                     ("nearest + 1x1 conv", "maxpool", {"up": "nearest"}),
                     ("bilinear + 1x1 conv", "maxpool", {"up": "bilinear"}),
@@ -84,7 +85,8 @@ def equivariance_figure(rows: Sequence[Mapping[str, Any]]):
             if v is not None and v <= FLOOR:
                 ax.text(p, FLOOR * 2, "0", ha="center", va="bottom", fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylim(FLOOR / 3, None)
+    top = max([v for r in rows for v in (_value(r, "eq_nmse"), _value(r, "eq_nmse_ood")) if v] + [FLOOR])
+    ax.set_ylim(FLOOR / 3, top * 1e4)  # head room for the legend
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_xlabel("variant")
     ax.set_ylabel("equivariance NMSE  (T_k G(x) vs G(T_k x))")
@@ -97,17 +99,19 @@ def equivariance_figure(rows: Sequence[Mapping[str, Any]]):
 def tradeoff_figure(rows: Sequence[Mapping[str, Any]]):
     """Reconstruction PSNR against equivariance NMSE, one point per variant; the input as a line."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(8.4, 4.6))
     points = [(r["variant"], _value(r, "eq_nmse"), _value(r, "psnr")) for r in rows if r["variant"] != INPUT]
     points = [(n, max(e, FLOOR), p) for n, e, p in points if e is not None and p is not None]
-    for name, e, p in points:
-        ax.scatter([e], [p], s=36)
-        ax.annotate(name, (e, p), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    colours = plt.get_cmap("tab20").colors
+    for i, (name, e, p) in enumerate(points):
+        exact = "0" if e <= FLOOR else f"{e:.1e}"
+        ax.scatter([e], [p], s=44, marker=MARKERS[i % len(MARKERS)], color=colours[(2 * i) % 20],
+                   label=f"{name}: {p:.2f} dB, NMSE {exact}")
     reference = next((r for r in rows if r["variant"] == INPUT), None)
     if reference is not None and _value(reference, "psnr") is not None:
-        ax.axhline(reference["psnr"], color="grey", linestyle="--", linewidth=1)
-        ax.text(0.01, reference["psnr"], " network input", transform=ax.get_yaxis_transform(), va="bottom",
-                fontsize=8, color="grey")
+        ax.axhline(reference["psnr"], color="grey", linestyle="--", linewidth=1,
+                   label=f"network input: {reference['psnr']:.2f} dB")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="variant", title_fontsize=8)
     ax.set_xscale("log")
     if points:
         lo = min(e for _, e, _ in points)
@@ -126,7 +130,7 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
     variants = [v for v in variants if v in examples]
     first = examples[variants[0]]
     k = tuple(int(s) for s in first["shift"])
-    cols = 5
+    cols = 6
     fig, axes = plt.subplots(len(variants), cols, figsize=(3.0 * cols, 3.2 * len(variants) + 0.3), squeeze=False)
     lo, hi = float(first["target"].min()), float(first["target"].max())
     diffs = {v: np.abs(examples[v]["shifted_output"] - np.roll(examples[v]["output"], k, axis=(-2, -1)))
@@ -136,6 +140,7 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
         e = examples[v]
         dpsnr = float(e["psnr_shifted"]) - float(e["psnr"])
         panels = [(e["input"], "input x", "gray", lo, hi), (e["shifted_input"], f"T_k x, k = {k}", "gray", lo, hi),
+                  (e["target"], "ground truth y", "gray", lo, hi),
                   (e["output"], f"G(x): PSNR {float(e['psnr']):.2f} dB", "gray", lo, hi),
                   (e["shifted_output"], f"G(T_k x): PSNR {float(e['psnr_shifted']):.2f} dB", "gray", lo, hi),
                   (diffs[v], f"|G(T_k x) - T_k G(x)|, max {float(diffs[v].max()):.2g}\n"
@@ -147,7 +152,7 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
             ax.set_xlabel("x (pixels)", fontsize=7)
             ax.set_ylabel("y (pixels)", fontsize=7)
             ax.tick_params(labelsize=6)
-        cbar = fig.colorbar(im, ax=axes[i, -1], fraction=0.046, pad=0.04)
+        cbar = fig.colorbar(im, ax=axes[i, -1], fraction=0.046, pad=0.04, format="%.1e")
         cbar.set_label("absolute difference (same scale in every row)", fontsize=7)
         cbar.ax.tick_params(labelsize=6)
     fig.suptitle(f"Shifting the input by k = {k} pixels (APS-U paper, Fig. 4): PSNR of G(T_k x) against T_k y",

@@ -94,6 +94,20 @@ def parse_overrides(args: Sequence[str]) -> List[Tuple[str, Any]]:
     return pairs
 
 
+def class_key(config: Mapping[str, Any], key: str) -> str:
+    """``run.data.root`` -> ``run.data.init_args.root`` where ``run.data`` is a ``class_path`` spec
+    (the shorthand the equinet CLI accepts, ``--data.root``)."""
+    parts, out, node = key.split("."), [], config
+    for i, part in enumerate(parts):
+        if (isinstance(node, Mapping) and "class_path" in node and part not in ("class_path", "init_args")
+                and i < len(parts)):
+            out.append("init_args")
+            node = node.get("init_args") or {}
+        out.append(part)
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return ".".join(out)
+
+
 @dataclass
 class Study:
     """A loaded study config (after command-line overrides) and what follows from it."""
@@ -158,7 +172,8 @@ def load_study(path: Optional[os.PathLike], overrides: Sequence[str] = (), confi
             cfg[key] = {**value, **cfg[key]}
     for key, value in parse_overrides(overrides):
         head = key.split(".")[0]
-        set_dotted(cfg, key if head in STUDY_KEYS else f"run.{key}", value)
+        key = key if head in STUDY_KEYS else f"run.{key}"
+        set_dotted(cfg, class_key(cfg, key), value)
     for key in ("name", "run", "variants"):
         if not cfg.get(key):
             raise StudyError(f"{path or 'study config'}: missing {key!r}")

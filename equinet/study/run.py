@@ -192,8 +192,12 @@ class StudyData:
         return self._module
 
     def sample(self, index: Optional[int]):
+        """Test sample ``index``; by default the middle slice of the first test volume."""
         dataset = self.module.test_set
-        return dataset[len(dataset) // 2 if index is None else int(index)]
+        if index is None:
+            raw = getattr(dataset, "raw_samples", None)  # fastMRI: (fname, slice, metadata) per sample
+            index = sum(1 for s in raw if s.fname == raw[0].fname) // 2 if raw else 0
+        return dataset[int(index)]
 
     def batch(self):
         return next(iter(self.module.test_dataloader()))
@@ -289,12 +293,14 @@ class StudyRunner:
         is_input = variant == INPUT
         if not lay.report(variant, "volumes.csv").is_file():
             if not is_input:
+                if self.rank_zero:  # counted before it starts: a killed attempt shows as one
+                    update_json(folder / STUDY_JSON, fit_attempts=read_json(folder / STUDY_JSON).get("fit_attempts", 0) + 1)
                 start = time.perf_counter()
                 self.launcher(["fit", "--config", config_path, *lay.location_args(variant), "--ckpt_path", "last"], cfg)
-                if self.rank_zero:
+                if self.rank_zero:  # wall-clock time of the attempts that finished
                     info = read_json(folder / STUDY_JSON)
                     update_json(folder / STUDY_JSON, train_seconds=info.get("train_seconds", 0.0)
-                                + time.perf_counter() - start, fit_runs=info.get("fit_runs", 0) + 1)
+                                + time.perf_counter() - start)
             test = ["test", "--config", config_path, *lay.location_args(variant), "--verbose", "false"]
             self.launcher(test if is_input else test + ["--ckpt_path", "last"], cfg)
         if self.study.ood and not lay.report(variant, "volumes.csv", tag="ood").is_file():
