@@ -297,7 +297,7 @@ def collect(study_dir: Path, log=print, figures: bool = True) -> List[Dict[str, 
                          "`equinet study` created (e.g. outputs/study/latest)")
     study = load_study(None, config=yaml.safe_load((study_dir / STUDY_FILE).read_text()))
     layout = RunLayout(study_dir)
-    found = sorted(p.name for p in layout.runs.iterdir() if p.is_dir()) if layout.runs.is_dir() else []
+    found = layout.variants()
     order = [INPUT] + study.variants + [v for v in found if v not in study.variants and v != INPUT]
     rows, notes = [], []
     for variant in order:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from equinet.files import atomic_write_text, temporary_path
+from equinet.lightning.runs import CHECKPOINTS, LATEST, report_name
 from equinet.study.plan import Study, StudyError, instantiate, write_plan
 from equinet.study.variants import INPUT, NETWORK, get_dotted
 
@@ -42,11 +43,8 @@ EXAMPLE_FILE = "study_example.npz"
 # where a variant's run and its reports live (the one place that knows the run-folder layout)
 # --------------------------------------------------------------------------------------------
 class RunLayout:
-    """Run folders of a study: ``<study>/runs/<variant>``, reports ``test_*`` and ``test-<tag>_*``.
-
-    ``location_args`` are the arguments that put an ``equinet fit|test`` run into its folder, and
-    ``evaluation_args`` those of a tagged evaluation (the OOD test) of that run's last checkpoint.
-    """
+    """Run folders of a study: ``<study>/runs/<variant>`` (the equinet CLI's ``--run.name``), with
+    the test reports ``test_*`` and those of tagged evaluations ``test-<tag>_*`` (``--run.tag``)."""
 
     def __init__(self, study_dir: os.PathLike) -> None:
         self.study_dir = Path(study_dir)
@@ -56,24 +54,29 @@ class RunLayout:
         return self.runs / variant
 
     def location_args(self, variant: str) -> List[str]:
-        # equivalent with run folders (issue 11): ["--trainer.default_root_dir", str(self.runs), "--run.name", variant]
-        return ["--trainer.default_root_dir", str(self.folder(variant))]
+        """What puts an ``equinet fit|test`` into the variant's run folder."""
+        return ["--trainer.default_root_dir", str(self.runs), "--run.name", variant]
 
     def evaluation_args(self, variant: str, tag: str) -> List[str]:
-        # with run folders (issue 11): self.location_args(variant) + ["--run.tag", tag, "--ckpt_path", "last"]
-        return ["--trainer.default_root_dir", str(self.folder(variant) / tag), "--ckpt_path", str(self.last_checkpoint(variant))]
+        """A tagged evaluation (the OOD test) of the variant's last checkpoint, into its folder."""
+        return self.location_args(variant) + ["--run.tag", tag, "--ckpt_path", "last"]
 
     def report(self, variant: str, kind: str, tag: Optional[str] = None) -> Path:
-        """``test_<kind>`` (``volumes.csv``, ``images.csv``, ``summary.md``) of a run or of its tagged evaluation."""
-        folder = self.folder(variant)
-        # with run folders (issue 11): folder / (f"test-{tag}_{kind}" if tag else f"test_{kind}")
-        return (folder / tag if tag else folder) / f"test_{kind}"
+        """``test_<kind>`` / ``test-<tag>_<kind>`` (``volumes.csv``, ``images.csv``, ``summary.md``)."""
+        return self.folder(variant) / f"{report_name('test', tag)}_{kind}"
 
     def last_checkpoint(self, variant: str) -> Path:
-        return self.folder(variant) / "checkpoints" / "last.ckpt"
+        return self.folder(variant) / CHECKPOINTS / "last.ckpt"
 
     def config(self, variant: str, tag: Optional[str] = None) -> Path:
         return self.study_dir / "configs" / (f"{variant}-{tag}.yaml" if tag else f"{variant}.yaml")
+
+    def variants(self) -> List[str]:
+        """The run folders present (``latest``, the group's pointer to the newest, is not one)."""
+        if not self.runs.is_dir():
+            return []
+        return sorted(p.name for p in self.runs.iterdir() if p.is_dir() and not p.is_symlink() and p.name != LATEST
+                      and not p.name.startswith("."))
 
 
 def read_json(path: Path) -> Dict[str, Any]:
@@ -305,9 +308,8 @@ class StudyRunner:
             self.launcher(test if is_input else test + ["--ckpt_path", "last"], cfg)
         if self.study.ood and not lay.report(variant, "volumes.csv", tag="ood").is_file():
             ood = ["test", "--config", str(lay.config(variant, "ood")), "--verbose", "false",
-                   *lay.evaluation_args(variant, "ood")]
-            if is_input:
-                ood = ood[: ood.index("--ckpt_path")]
+                   *(lay.location_args(variant) + ["--run.tag", "ood"] if is_input
+                     else lay.evaluation_args(variant, "ood"))]
             self.launcher(ood, self.study.ood_config(variant))
         if is_input or not self.rank_zero:
             return
