@@ -24,7 +24,7 @@ USAGE = """usage: equinet <command> [options]
 
 commands:
   fit | validate | test | predict   train/evaluate with the Lightning CLI (see `equinet fit --help`)
-  study                             train every sampling strategy under one budget: the paper's tables + figures
+  study                             train every sampling strategy under one budget: tables + figures
   data                              create synthetic datasets in the real file formats (`equinet data --help`)
   equivariance                      shift-equivariance table of random U-Nets for every strategy
 

@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader
 from equinet.lightning import ReconstructionModule
 
 quiet = pytest.mark.filterwarnings(
-    "ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*",
-    "ignore:.*GPU available but not used.*")
+    "ignore:.*does not have many workers.*",
+    "ignore:.*smaller than the logging interval.*",
+    "ignore:.*GPU available but not used.*",
+)
 
 
 def _batch(n=6, size=16):
@@ -25,13 +27,16 @@ def _batch(n=6, size=16):
 
 
 def _shift_of(shifted: torch.Tensor, original: torch.Tensor, max_shift: int):
-    """The circular shift (dy, dx) in [-max_shift, max_shift]^2 with ``roll(original) == shifted``, or None."""
+    """The circular shift (dy, dx) in [-max_shift, max_shift]^2 with ``roll(original) == shifted``
+    (or None)."""
     h, w = original.shape[-2:]
     for dy in range(-max_shift, max_shift + 1):
         rows = torch.roll(original, dy, dims=-2)
         for dx in range(-max_shift, max_shift + 1):
             # a cheap necessary condition first (one column), then the full comparison
-            if torch.equal(rows[..., (-dx) % w], shifted[..., 0]) and torch.equal(torch.roll(rows, dx, dims=-1), shifted):
+            if torch.equal(rows[..., (-dx) % w], shifted[..., 0]) and torch.equal(
+                torch.roll(rows, dx, dims=-1), shifted
+            ):
                 return dy, dx
     return None
 
@@ -96,9 +101,16 @@ def test_training_inputs_are_shifted_but_validation_test_and_predict_are_not(tmp
     net = Recorder()
     module = ReconstructionModule(net, shift_augmentation=16)
     assert module.hparams["shift_augmentation"] == 16  # logged in the run config / checkpoint
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=data)
     data.setup()
     train_inputs = torch.cat([s.input[None] for s in data.train_set])

@@ -22,29 +22,45 @@ def test_make_demo_runs_the_demo_study():
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*",
-                            "ignore:.*no last checkpoint available.*", "ignore:.*ckpt_path=\"last\".*",
-                            "ignore:.*max_unpooling2d_forward_out does not have a deterministic.*")
+@pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers.*",
+    "ignore:.*smaller than the logging interval.*",
+    "ignore:.*no last checkpoint available.*",
+    'ignore:.*ckpt_path="last".*',
+    "ignore:.*max_unpooling2d_forward_out does not have a deterministic.*",
+)
 def test_demo_study_shows_the_papers_picture(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "data"))  # generated afresh, as on a new clone
     threads = torch.get_num_threads()
     wall, cpu = time.perf_counter(), time.process_time()
     try:
-        folder = run_study(["--config", str(REPO / "experiments" / "study" / "demo.yaml"), "--dir",
-                            str(tmp_path / "demo")])
+        folder = run_study(
+            ["--config", str(REPO / "experiments" / "study" / "demo.yaml"), "--dir", str(tmp_path / "demo")]
+        )
     finally:
         torch.set_num_threads(threads)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     with open(folder / "results.csv") as f:
-        rows = {r["variant"]: {k: (float(v) if v not in ("", None) and k not in ("variant", "strategy") else v)
-                               for k, v in r.items()} for r in csv.DictReader(f)}
+        rows = {
+            r["variant"]: {
+                k: (float(v) if v not in ("", None) and k not in ("variant", "strategy") else v)
+                for k, v in r.items()
+            }
+            for r in csv.DictReader(f)
+        }
     with capsys.disabled():
         print(f"\ndemo study: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU of this process")
         print((folder / "results.md").read_text().split("## Worst")[0])
     required = {"input", "baseline", "baseline+DA", "APS", "LPS", "orthogonal-adaptive", "iUNet"}
     assert required <= set(rows) and any(v.startswith("LPF-") for v in rows)
-    for name in ("results.csv", "results.md", "figures/equivariance.png", "figures/psnr_vs_equivariance.png",
-                 "figures/shift_example.png", "figures/upsampling_modes.png"):
+    for name in (
+        "results.csv",
+        "results.md",
+        "figures/equivariance.png",
+        "figures/psnr_vs_equivariance.png",
+        "figures/shift_example.png",
+        "figures/upsampling_modes.png",
+    ):
         assert (folder / name).is_file(), name
     for v in EXACT:  # exactly shift-equivariant, in and out of distribution, and in the worst case
         assert rows[v]["eq_nmse"] <= 1e-12 and rows[v]["eq_nmse_ood"] <= 1e-12, v

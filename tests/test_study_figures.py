@@ -36,9 +36,16 @@ def _example(seed, shift=(8, 5), equivariant=False):
     x = g.random((32, 32))
     out = x * 0.9
     shifted = np.roll(out, shift, axis=(0, 1)) + (0 if equivariant else 0.01 * g.random((32, 32)))
-    return {"input": x, "shifted_input": np.roll(x, shift, axis=(0, 1)), "output": out, "shifted_output": shifted,
-            "target": x, "shift": np.array(shift), "psnr": np.array(25.0), "psnr_shifted": np.array(24.0 if not
-                                                                                                  equivariant else 25.0)}
+    return {
+        "input": x,
+        "shifted_input": np.roll(x, shift, axis=(0, 1)),
+        "output": out,
+        "shifted_output": shifted,
+        "target": x,
+        "shift": np.array(shift),
+        "psnr": np.array(25.0),
+        "psnr_shifted": np.array(24.0 if not equivariant else 25.0),
+    }
 
 
 def _assert_labelled(fig):
@@ -47,7 +54,9 @@ def _assert_labelled(fig):
     for ax in axes:
         assert ax.get_xlabel().strip() or ax.get_ylabel().strip(), f"unlabelled axes {ax}"
         if ax.get_label() != "<colorbar>":
-            assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), f"axes {ax.get_title()!r} lack a label"
+            assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), (
+                f"axes {ax.get_title()!r} lack a label"
+            )
 
 
 def _assert_png(path):
@@ -72,7 +81,13 @@ def test_each_figure_has_labelled_axes_and_saves_a_valid_png(tmp_path):
         if name == "equivariance":
             ax = fig.get_axes()[0]
             assert ax.get_yscale() == "log"
-            assert [t.get_text() for t in ax.get_xticklabels()] == ["baseline", "LPF-3", "APS", "LPS", "iUNet"]
+            assert [t.get_text() for t in ax.get_xticklabels()] == [
+                "baseline",
+                "LPF-3",
+                "APS",
+                "LPS",
+                "iUNet",
+            ]
             assert sum(t.get_text() == "0" for t in ax.texts) == 2  # APS: exact in and out of distribution
         if name == "tradeoff":
             assert fig.get_axes()[0].get_xscale() == "log"
@@ -85,7 +100,11 @@ def test_each_figure_has_labelled_axes_and_saves_a_valid_png(tmp_path):
 
 def test_write_figures_names_what_it_could_not_draw(tmp_path):
     paths, notes = write_figures(tmp_path, ROWS, {"baseline": _example(0)})
-    assert sorted(p.name for p in paths) == ["equivariance.png", "psnr_vs_equivariance.png", "upsampling_modes.png"]
+    assert sorted(p.name for p in paths) == [
+        "equivariance.png",
+        "psnr_vs_equivariance.png",
+        "upsampling_modes.png",
+    ]
     assert any("shift_example.png needs finished 'baseline' and 'APS'" in n for n in notes)
     for p in paths:
         _assert_png(p)
@@ -113,7 +132,10 @@ def test_cost_ratios_are_measured_against_the_reference_on_one_batch():
     torch.manual_seed(0)
     wide = UNet(1, 1, channels=8, depth=2)
     same = measure_cost(small, small, x, y, "cpu", repeats=2, warmup=1, same=True)
-    assert same["step_time_ratio"] == same["peak_mem_ratio"] == 1.0 and same["params"] == sum(p.numel() for p in small.parameters()) == 7_477
+    assert (
+        same["step_time_ratio"] == same["peak_mem_ratio"] == 1.0
+        and same["params"] == sum(p.numel() for p in small.parameters()) == 7_477
+    )
     cost = measure_cost(wide, small, x, y, "cpu", repeats=3, warmup=1)
     assert cost["peak_mem_ratio"] > 1.5 and cost["params"] > 3 * same["params"]
     assert cost["step_time_ratio"] > 0 and cost["reference_peak_bytes"] > 0

@@ -29,9 +29,20 @@ from equinet.study.variants import (
 RUN = {
     "seed_everything": 0,
     "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2},
-    "model": {"network": {"class_path": "equinet.models.UNet",
-                          "init_args": {"in_channels": 1, "out_channels": 1, "channels": 4, "depth": 2,
-                                        "sampling": "maxpool", "padding_mode": "circular", "norm": "batch"}}},
+    "model": {
+        "network": {
+            "class_path": "equinet.models.UNet",
+            "init_args": {
+                "in_channels": 1,
+                "out_channels": 1,
+                "channels": 4,
+                "depth": 2,
+                "sampling": "maxpool",
+                "padding_mode": "circular",
+                "norm": "batch",
+            },
+        }
+    },
     "data": {"class_path": "equinet.data.FastMRIDataModule", "init_args": {"root": None, "crop_size": 32}},
 }
 
@@ -57,13 +68,33 @@ def test_variant_overrides_change_only_what_the_name_says():
     assert get_dotted(aps, "model.network.init_args.channels") == 4 and aps["data"] == base["data"]
     da = apply_overrides(base, STUDY_VARIANTS["baseline+DA"])
     assert get_dotted(da, "model.shift_augmentation") == 16
-    assert get_dotted(da, "model.network") == get_dotted(apply_overrides(base, STUDY_VARIANTS["baseline"]),
-                                                         "model.network")
+    assert get_dotted(da, "model.network") == get_dotted(
+        apply_overrides(base, STUDY_VARIANTS["baseline"]), "model.network"
+    )
     # back to no options: a variant without sampling_kwargs drops the base's
     with_kwargs = apply_overrides(base, STUDY_VARIANTS["LPF-5"])
-    assert "sampling_kwargs" not in get_dotted(apply_overrides(with_kwargs, STUDY_VARIANTS["baseline"]),
-                                               "model.network.init_args")
+    assert "sampling_kwargs" not in get_dotted(
+        apply_overrides(with_kwargs, STUDY_VARIANTS["baseline"]), "model.network.init_args"
+    )
     assert base == study().run  # nothing was changed in place
+
+
+def test_variants_share_data_seed_budget_optimiser_and_evaluation():
+    """A variant changes its network (and DA its training shifts); nothing else."""
+    from equinet.study.variants import flatten
+
+    s = study()
+    base = flatten(s.run)
+    for name in STUDY_VARIANTS:
+        changed = {k for k, v in flatten(s.variant_config(name)).items() if base.get(k, "unset") != v}
+        changed |= set(base) - set(flatten(s.variant_config(name)))
+        assert all(k.startswith("model.network.") or k == "model.shift_augmentation" for k in changed), (
+            name,
+            changed,
+        )
+    assert {
+        k for k in flatten(s.variant_config("input")) if base.get(k) != flatten(s.variant_config("input"))[k]
+    } == {"model.network.class_path"}
 
 
 def test_changing_the_network_class_keeps_the_arguments_it_takes():
@@ -78,9 +109,15 @@ def test_changing_the_network_class_keeps_the_arguments_it_takes():
 
 def test_overrides_route_to_run_or_study_config():
     assert parse_overrides(["--trainer.max_steps", "7", "--data.root=/x", "--ood", "null"]) == [
-        ("trainer.max_steps", 7), ("data.root", "/x"), ("ood", None)]
-    s = load_study(None, ["--trainer.max_steps", "7", "--cost.repeats", "3", "--variants", "[APS]"],
-                   config={"name": "u", "run": RUN, "variants": ["baseline"]})
+        ("trainer.max_steps", 7),
+        ("data.root", "/x"),
+        ("ood", None),
+    ]
+    s = load_study(
+        None,
+        ["--trainer.max_steps", "7", "--cost.repeats", "3", "--variants", "[APS]"],
+        config={"name": "u", "run": RUN, "variants": ["baseline"]},
+    )
     assert s.run["trainer"]["max_steps"] == 7 and s.config["cost"]["repeats"] == 3 and s.variants == ["APS"]
     assert s.config["cost"]["reference"] == "baseline"  # defaults filled in around the override
     with pytest.raises(StudyError, match="expected --key value"):
@@ -101,11 +138,19 @@ def test_unknown_variants_are_refused_with_the_known_ones_listed():
 
 
 def test_defined_variants_are_usable_and_checked():
-    s = study(variants=["baseline", "APS-7"],
-              define={"APS-7": {"model.network.init_args.sampling": "aps",
-                                "model.network.init_args.sampling_kwargs": {"filter_size": 7}}})
+    s = study(
+        variants=["baseline", "APS-7"],
+        define={
+            "APS-7": {
+                "model.network.init_args.sampling": "aps",
+                "model.network.init_args.sampling_kwargs": {"filter_size": 7},
+            }
+        },
+    )
     assert check_study(s) == ["baseline", "APS-7"]
-    assert get_dotted(s.variant_config("APS-7"), "model.network.init_args.sampling_kwargs") == {"filter_size": 7}
+    assert get_dotted(s.variant_config("APS-7"), "model.network.init_args.sampling_kwargs") == {
+        "filter_size": 7
+    }
     with pytest.raises(ValueError, match="folder name"):
         known_variants({"a/b": {}})
     with pytest.raises(ValueError, match="must map config keys"):
@@ -116,12 +161,18 @@ def test_defined_variants_are_usable_and_checked():
 
 
 def test_a_crop_the_network_cannot_take_is_refused_before_training():
-    s = load_study(None, ["--data.init_args.crop_size", "36", "--model.network.init_args.depth", "3"],
-                   config={"name": "u", "run": RUN, "variants": ["baseline", "iUNet"]})
-    with pytest.raises(StudyError, match=r"variant 'baseline'.*divisible by \(8, 8\).*crop_size is 36.*32 or 40"):
+    s = load_study(
+        None,
+        ["--data.init_args.crop_size", "36", "--model.network.init_args.depth", "3"],
+        config={"name": "u", "run": RUN, "variants": ["baseline", "iUNet"]},
+    )
+    with pytest.raises(
+        StudyError, match=r"variant 'baseline'.*divisible by \(8, 8\).*crop_size is 36.*32 or 40"
+    ):
         check_study(s)
-    ood = study(ood={"data": {"class_path": "equinet.data.ImageNetShiftDataModule",
-                              "init_args": {"crop_size": 30}}})
+    ood = study(
+        ood={"data": {"class_path": "equinet.data.ImageNetShiftDataModule", "init_args": {"crop_size": 30}}}
+    )
     with pytest.raises(StudyError, match="ood.data.init_args.crop_size is 30"):
         check_study(ood)
 
@@ -129,12 +180,21 @@ def test_a_crop_the_network_cannot_take_is_refused_before_training():
 def test_real_data_studies_need_an_existing_root(tmp_path):
     with pytest.raises(StudyError, match="trains on real data: pass the dataset root.*--data.root"):
         check_study(study(requires_root=True))
-    missing = load_study(None, ["--data.init_args.root", str(tmp_path / "nope")],
-                         config={"name": "u", "run": RUN, "variants": ["baseline"], "requires_root": True})
+    missing = load_study(
+        None,
+        ["--data.init_args.root", str(tmp_path / "nope")],
+        config={"name": "u", "run": RUN, "variants": ["baseline"], "requires_root": True},
+    )
     with pytest.raises(StudyError, match="nope does not exist"):
         check_study(missing)
-    ood = study(ood={"data": {"class_path": "equinet.data.ImageNetShiftDataModule",
-                              "init_args": {"root": str(tmp_path / "imagenet"), "crop_size": 32}}})
+    ood = study(
+        ood={
+            "data": {
+                "class_path": "equinet.data.ImageNetShiftDataModule",
+                "init_args": {"root": str(tmp_path / "imagenet"), "crop_size": 32},
+            }
+        }
+    )
     with pytest.raises(StudyError, match="ood.data.init_args.root .*imagenet does not exist"):
         check_study(ood)
 
@@ -144,12 +204,21 @@ def test_a_study_folder_of_other_settings_is_refused_naming_the_keys(tmp_path):
     folder, continued = resolve_folder(s, tmp_path / "st")
     assert not continued
     write_plan(s, folder)
-    assert sorted(p.name for p in (folder / "configs").iterdir()) == ["APS.yaml", "baseline.yaml", "input.yaml"]
+    assert sorted(p.name for p in (folder / "configs").iterdir()) == [
+        "APS.yaml",
+        "baseline.yaml",
+        "input.yaml",
+    ]
     # the same settings (placement may differ) continue the folder
-    same = load_study(None, ["--trainer.devices", "4"], config=yaml.safe_load((folder / "study.yaml").read_text()))
+    same = load_study(
+        None, ["--trainer.devices", "4"], config=yaml.safe_load((folder / "study.yaml").read_text())
+    )
     assert resolve_folder(same, folder) == (folder, True)
-    other = load_study(None, ["--trainer.max_steps", "5", "--model.optimizer.init_args.lr", "0.1"],
-                       config=yaml.safe_load((folder / "study.yaml").read_text()))
+    other = load_study(
+        None,
+        ["--trainer.max_steps", "5", "--model.optimizer.init_args.lr", "0.1"],
+        config=yaml.safe_load((folder / "study.yaml").read_text()),
+    )
     with pytest.raises(StudyError) as err:
         resolve_folder(other, folder)
     message = str(err.value)
@@ -175,9 +244,17 @@ def test_without_dir_the_newest_matching_folder_is_continued(tmp_path):
     assert config_differences(s.config, changed.config) == ["run.trainer.max_steps: 2 -> 9"]
 
 
-@pytest.mark.parametrize("trainer, count", [
-    ({"accelerator": "cpu", "devices": 1}, 1), ({"accelerator": "cpu", "devices": "auto"}, 1),
-    ({"devices": 4}, 4), ({"devices": "0,1"}, 2), ({"devices": [0, 1, 2]}, 3), ({"devices": 2, "num_nodes": 3}, 6),
-    ({"devices": "2"}, 2)])
+@pytest.mark.parametrize(
+    "trainer, count",
+    [
+        ({"accelerator": "cpu", "devices": 1}, 1),
+        ({"accelerator": "cpu", "devices": "auto"}, 1),
+        ({"devices": 4}, 4),
+        ({"devices": "0,1"}, 2),
+        ({"devices": [0, 1, 2]}, 3),
+        ({"devices": 2, "num_nodes": 3}, 6),
+        ({"devices": "2"}, 2),
+    ],
+)
 def test_runs_on_several_devices_get_their_own_process(trainer, count):
     assert device_count(trainer) == count

@@ -27,7 +27,9 @@ def test_study_configs_are_generated_and_in_sync():
 def test_shipped_studies_pass_their_checks(name, tmp_path):
     extra = [] if name == "demo" else ["--data.root", str(tmp_path)]
     study = load_study(REPO / "experiments" / "study" / f"{name}.yaml", extra)
-    thin = load_study(REPO / "experiments" / "study" / f"{name}.yaml", extra + ["--model.network.channels", "2"])
+    thin = load_study(
+        REPO / "experiments" / "study" / f"{name}.yaml", extra + ["--model.network.channels", "2"]
+    )
     selected = check_study(thin)  # every network is built and checked against the crop (thin: fast)
     required = {"baseline", "baseline+DA", "APS", "LPS", "orthogonal-adaptive", "iUNet"}
     assert required <= set(selected) and any(v.startswith("LPF-") for v in selected)
@@ -37,8 +39,10 @@ def test_shipped_studies_pass_their_checks(name, tmp_path):
         recipe["trainer"].pop("default_root_dir")
         recipe["data"]["init_args"]["root"] = str(tmp_path)
         assert study.run == recipe
-        assert study.config["requires_root"] and study.ood["data"]["init_args"]["crop_size"] == \
-            recipe["data"]["init_args"]["crop_size"]
+        assert (
+            study.config["requires_root"]
+            and study.ood["data"]["init_args"]["crop_size"] == recipe["data"]["init_args"]["crop_size"]
+        )
 
 
 @pytest.mark.parametrize("path", STUDY_SWEEPS, ids=lambda p: p.stem)

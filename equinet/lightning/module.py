@@ -86,7 +86,7 @@ class ReconstructionModule(pl.LightningModule):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
         if output_clamp is not None and output_clamp <= 0:
             raise ValueError(f"output_clamp must be positive or None, got {output_clamp}")
-        if isinstance(shift_augmentation, bool) or not isinstance(shift_augmentation, int) or shift_augmentation < 0:
+        if type(shift_augmentation) is not int or shift_augmentation < 0:
             raise ValueError(f"shift_augmentation must be an int >= 0 (pixels), got {shift_augmentation!r}")
         # Checkpoints must hold plain data only, so they load with torch.load(weights_only=True).
         # Under the equinet CLI the network/optimiser/scheduler arrive as their config

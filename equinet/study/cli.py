@@ -2,7 +2,7 @@
 
     equinet study --config experiments/study/demo.yaml               # run (or continue) the study
     equinet study --config experiments/study/fastmri.yaml --data.root /data/knee --trainer.devices 4
-    equinet study --config ... --dir outputs/study/knee --only APS-3   # one variant (SLURM array, sweep agent)
+    equinet study --config ... --dir outputs/study/knee --only APS-3   # one variant (SLURM task, sweep agent)
     equinet study collect outputs/study/knee                           # tables + figures from the runs there
     equinet study variants                                             # the built-in variants
 
@@ -29,18 +29,30 @@ from equinet.study.variants import STUDY_VARIANTS, VARIANT_DESCRIPTIONS
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="equinet study", description=__doc__.split("\n\n")[0],
+        prog="equinet study",
+        description=__doc__.split("\n\n")[0],
         epilog="Other --key value pairs override the study's run config (see `equinet fit --help`).",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", "-c", type=Path, help="study config (experiments/study/<name>.yaml)")
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants of the study")
-    parser.add_argument("--dir", type=Path, help="study folder (default: continue the newest <output>/<name>-* "
-                                                 "with the same settings, else a new timestamped one)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="study folder (default: continue the newest <output>/<name>-* "
+        "with the same settings, else a new timestamped one)",
+    )
     parser.add_argument("--output", type=Path, default=Path("outputs/study"), help="where study folders go")
-    parser.add_argument("--new", action="store_true", help="start a new timestamped folder even if one matches")
-    parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
-                        help="run fit/test in this process or one process per run (auto: subprocess when a run "
-                             "uses more than one device or node, because DDP re-executes the command per rank)")
+    parser.add_argument(
+        "--new", action="store_true", help="start a new timestamped folder even if one matches"
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="auto",
+        help="run fit/test in this process or one process per run (auto: subprocess when a run "
+        "uses more than one device or node, because DDP re-executes the command per rank)",
+    )
     parser.add_argument("--no-collect", action="store_true", help="skip tables and figures at the end")
     return parser
 
@@ -56,9 +68,12 @@ def run_study(argv: List[str], log=lambda line: print(line, flush=True)) -> Path
         torch.set_num_threads(int(threads))
     launcher = Launcher(args.launcher, threads)
     mode = launcher.resolve(study.run)
-    log(f"study {study.name!r}: {len(selected)} variant(s) + the input row -> {folder}"
-        f"{' (continuing)' if continued else ''}; runs {'in this process' if mode == 'inprocess' else 'as subprocesses'}"
-        f", {torch.get_num_threads()} torch thread(s)")
+    log(
+        f"study {study.name!r}: {len(selected)} variant(s) + the input row -> {folder}"
+        f"{' (continuing)' if continued else ''}; "
+        f"runs {'in this process' if mode == 'inprocess' else 'as subprocesses'}"
+        f", {torch.get_num_threads()} torch thread(s)"
+    )
     runner = StudyRunner(study, folder, launcher, log=log)
     runner.run(selected)
     if runner.rank_zero:
@@ -74,16 +89,20 @@ def finish(folder: Path, log) -> None:
 
     start = time.perf_counter()
     rows = collect(folder, log=log)
-    log(f"\n{main_table(rows)}\n\nresults: {folder / 'results.md'}, {folder / 'results.csv'}, "
-        f"figures in {folder / 'figures'} (collected in {time.perf_counter() - start:.0f} s)")
+    log(
+        f"\n{main_table(rows)}\n\nresults: {folder / 'results.md'}, {folder / 'results.csv'}, "
+        f"figures in {folder / 'figures'} (collected in {time.perf_counter() - start:.0f} s)"
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "collect":
-            parser = argparse.ArgumentParser(prog="equinet study collect",
-                                             description="results.csv, results.md and figures/ from the runs in DIR")
+            parser = argparse.ArgumentParser(
+                prog="equinet study collect",
+                description="results.csv, results.md and figures/ from the runs in DIR",
+            )
             parser.add_argument("dir", type=Path, help="the study folder (e.g. outputs/study/latest)")
             finish(parser.parse_args(argv[1:]).dir, print)
         elif argv and argv[0] == "variants":

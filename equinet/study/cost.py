@@ -49,9 +49,14 @@ def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in _walk(prof.profiler.kineto_results.experimental_event_tree())
-                     if e.tag == _EventType.Allocation and str(e.extra_fields.device) == "cpu"),
-                    key=lambda e: e.start_time_ns)
+    events = sorted(
+        (
+            e
+            for e in _walk(prof.profiler.kineto_results.experimental_event_tree())
+            if e.tag == _EventType.Allocation and str(e.extra_fields.device) == "cpu"
+        ),
+        key=lambda e: e.start_time_ns,
+    )
     if not events:
         return 0
     # ``total_allocated`` is a process-wide running total that keeps blocks allocated under an
@@ -65,8 +70,13 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_ratio(reference: Callable[[], object], candidate: Callable[[], object], device: torch.device,
-                      repeats: int = 7, warmup: int = 2) -> Dict[str, float]:
+def interleaved_ratio(
+    reference: Callable[[], object],
+    candidate: Callable[[], object],
+    device: torch.device,
+    repeats: int = 7,
+    warmup: int = 2,
+) -> Dict[str, float]:
     """Median over A/B pairs of ``time(candidate) / time(reference)``, and the median times."""
     device = torch.device(device)
     cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
@@ -83,15 +93,21 @@ def interleaved_ratio(reference: Callable[[], object], candidate: Callable[[], o
             _synchronize(device)
             times[name].append(clock() - start)
     ratios = [c / r for r, c in zip(times["reference"], times["candidate"]) if r > 0]
-    return {"ratio": statistics.median(ratios) if ratios else float("nan"),
-            "reference_seconds": statistics.median(times["reference"]),
-            "candidate_seconds": statistics.median(times["candidate"]),
-            "clock": "thread CPU time" if cpu_time else "wall clock"}
+    return {
+        "ratio": statistics.median(ratios) if ratios else float("nan"),
+        "reference_seconds": statistics.median(times["reference"]),
+        "candidate_seconds": statistics.median(times["candidate"]),
+        "clock": "thread CPU time" if cpu_time else "wall clock",
+    }
 
 
-def training_step(network: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-3) -> Callable[[], None]:
+def training_step(
+    network: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-3
+) -> Callable[[], None]:
     """One MSE training step (forward, loss, backward, Adam update) of ``network`` on ``(x, y)``."""
-    optimizer = torch.optim.Adam(network.parameters(), lr=lr) if any(True for _ in network.parameters()) else None
+    optimizer = (
+        torch.optim.Adam(network.parameters(), lr=lr) if any(True for _ in network.parameters()) else None
+    )
 
     def step() -> None:
         if optimizer is not None:
@@ -109,8 +125,16 @@ def parameter_count(network: nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
-def measure_cost(network: nn.Module, reference: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 device: torch.device, repeats: int = 7, warmup: int = 2, same: bool = False) -> Dict[str, float]:
+def measure_cost(
+    network: nn.Module,
+    reference: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    repeats: int = 7,
+    warmup: int = 2,
+    same: bool = False,
+) -> Dict[str, float]:
     """Step-time and peak-memory ratios of ``network`` to ``reference`` on the batch ``(x, y)``.
 
     ``same``: the network *is* the reference (ratios 1 by definition; its own figures measured).

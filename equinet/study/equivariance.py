@@ -20,6 +20,7 @@ from equinet.metrics import measure_equivariance, random_shifts, worst_case_dpsn
 from equinet.models import UNet
 from equinet.study.variants import VARIANTS, available_variants
 
+
 def natural_images(size: int = 128, names: Sequence[str] = ("camera", "moon", "brick", "grass")) -> torch.Tensor:
     """Grayscale images bundled with scikit-image, centre-cropped, resized to ``size``, in [0, 1]."""
     from skimage import data, transform

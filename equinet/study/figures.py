@@ -25,11 +25,13 @@ from equinet.study.variants import INPUT
 
 FLOOR = 1e-17  # exact zeros drawn at this height on log axes (and marked "0")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8")
-UPSAMPLING_MODES = (("transposed conv", "maxpool", {"up": "transposed"}),
-                    ("nearest + 1x1 conv", "maxpool", {"up": "nearest"}),
-                    ("bilinear + 1x1 conv", "maxpool", {"up": "bilinear"}),
-                    ("max-unpooling", "maxpool", {"up": "unpool"}),
-                    ("APS-U", "aps", {}))
+UPSAMPLING_MODES = (
+    ("transposed conv", "maxpool", {"up": "transposed"}),
+    ("nearest + 1x1 conv", "maxpool", {"up": "nearest"}),
+    ("bilinear + 1x1 conv", "maxpool", {"up": "bilinear"}),
+    ("max-unpooling", "maxpool", {"up": "unpool"}),
+    ("APS-U", "aps", {}),
+)
 
 
 def _pyplot():
@@ -71,14 +73,18 @@ def equivariance_figure(rows: Sequence[Mapping[str, Any]]):
     names = [r["variant"] for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
-    series = [("eq_nmse", "test split (in distribution)", "tab:blue"),
-              ("eq_nmse_ood", "natural images (out of distribution)", "tab:orange")]
+    series = [
+        ("eq_nmse", "test split (in distribution)", "tab:blue"),
+        ("eq_nmse_ood", "natural images (out of distribution)", "tab:orange"),
+    ]
     width = 0.38
     for j, (key, label, colour) in enumerate(series):
         values = [_value(r, key) for r in rows]
         if all(v is None for v in values):
             continue
-        heights = [FLOOR if v is not None and v <= FLOOR else (v if v is not None else np.nan) for v in values]
+        heights = [
+            FLOOR if v is not None and v <= FLOOR else (v if v is not None else np.nan) for v in values
+        ]
         pos = x + (j - 0.5) * width
         ax.bar(pos, heights, width, label=label, color=colour)
         for p, v in zip(pos, values):
@@ -105,12 +111,23 @@ def tradeoff_figure(rows: Sequence[Mapping[str, Any]]):
     colours = plt.get_cmap("tab20").colors
     for i, (name, e, p) in enumerate(points):
         exact = "0" if e <= FLOOR else f"{e:.1e}"
-        ax.scatter([e], [p], s=44, marker=MARKERS[i % len(MARKERS)], color=colours[(2 * i) % 20],
-                   label=f"{name}: {p:.2f} dB, NMSE {exact}")
+        ax.scatter(
+            [e],
+            [p],
+            s=44,
+            marker=MARKERS[i % len(MARKERS)],
+            color=colours[(2 * i) % 20],
+            label=f"{name}: {p:.2f} dB, NMSE {exact}",
+        )
     reference = next((r for r in rows if r["variant"] == INPUT), None)
     if reference is not None and _value(reference, "psnr") is not None:
-        ax.axhline(reference["psnr"], color="grey", linestyle="--", linewidth=1,
-                   label=f"network input: {reference['psnr']:.2f} dB")
+        ax.axhline(
+            reference["psnr"],
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"network input: {reference['psnr']:.2f} dB",
+        )
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="variant", title_fontsize=8)
     ax.set_xscale("log")
     if points:
@@ -131,20 +148,32 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
     first = examples[variants[0]]
     k = tuple(int(s) for s in first["shift"])
     cols = 6
-    fig, axes = plt.subplots(len(variants), cols, figsize=(3.0 * cols, 3.2 * len(variants) + 0.3), squeeze=False)
+    fig, axes = plt.subplots(
+        len(variants), cols, figsize=(3.0 * cols, 3.2 * len(variants) + 0.3), squeeze=False
+    )
     lo, hi = float(first["target"].min()), float(first["target"].max())
-    diffs = {v: np.abs(examples[v]["shifted_output"] - np.roll(examples[v]["output"], k, axis=(-2, -1)))
-             for v in variants}
+    diffs = {
+        v: np.abs(examples[v]["shifted_output"] - np.roll(examples[v]["output"], k, axis=(-2, -1)))
+        for v in variants
+    }
     dmax = max(float(d.max()) for d in diffs.values()) or 1.0
     for i, v in enumerate(variants):
         e = examples[v]
         dpsnr = float(e["psnr_shifted"]) - float(e["psnr"])
-        panels = [(e["input"], "input x", "gray", lo, hi), (e["shifted_input"], f"T_k x, k = {k}", "gray", lo, hi),
-                  (e["target"], "ground truth y", "gray", lo, hi),
-                  (e["output"], f"G(x): PSNR {float(e['psnr']):.2f} dB", "gray", lo, hi),
-                  (e["shifted_output"], f"G(T_k x): PSNR {float(e['psnr_shifted']):.2f} dB", "gray", lo, hi),
-                  (diffs[v], f"|G(T_k x) - T_k G(x)|, max {float(diffs[v].max()):.2g}\n"
-                             f"PSNR change {dpsnr:+.3g} dB", "magma", 0.0, dmax)]
+        panels = [
+            (e["input"], "input x", "gray", lo, hi),
+            (e["shifted_input"], f"T_k x, k = {k}", "gray", lo, hi),
+            (e["target"], "ground truth y", "gray", lo, hi),
+            (e["output"], f"G(x): PSNR {float(e['psnr']):.2f} dB", "gray", lo, hi),
+            (e["shifted_output"], f"G(T_k x): PSNR {float(e['psnr_shifted']):.2f} dB", "gray", lo, hi),
+            (
+                diffs[v],
+                f"|G(T_k x) - T_k G(x)|, max {float(diffs[v].max()):.2g}\nPSNR change {dpsnr:+.3g} dB",
+                "magma",
+                0.0,
+                dmax,
+            ),
+        ]
         for j, (img, title, cmap, vmin, vmax) in enumerate(panels):
             ax = axes[i, j]
             im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
@@ -155,8 +184,10 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
         cbar = fig.colorbar(im, ax=axes[i, -1], fraction=0.046, pad=0.04, format="%.1e")
         cbar.set_label("absolute difference (same scale in every row)", fontsize=7)
         cbar.ax.tick_params(labelsize=6)
-    fig.suptitle(f"Shifting the input by k = {k} pixels (APS-U paper, Fig. 4): PSNR of G(T_k x) against T_k y",
-                 fontsize=10)
+    fig.suptitle(
+        f"Shifting the input by k = {k} pixels (APS-U paper, Fig. 4): PSNR of G(T_k x) against T_k y",
+        fontsize=10,
+    )
     return fig
 
 
@@ -188,7 +219,9 @@ def upsampling_outputs(image: np.ndarray, levels: int = 2, seed: int = 0) -> Dic
     x0 = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
     outputs: Dict[str, np.ndarray] = {}
     for label, strategy, options in UPSAMPLING_MODES:
-        pairs = [create_strategy(strategy, 1, 1, dim=2, padding_mode="circular", **options) for _ in range(levels)]
+        pairs = [
+            create_strategy(strategy, 1, 1, dim=2, padding_mode="circular", **options) for _ in range(levels)
+        ]
         for down, up in pairs:
             _fix_weights(down, seed)
             _fix_weights(up, seed)
@@ -223,32 +256,45 @@ def upsampling_figure(image: np.ndarray, levels: int = 2, seed: int = 0):
     fig, axes = plt.subplots(2, cols, figsize=(3.3 * cols, 7.0), constrained_layout=True)
     lo, hi = float(np.min(image)), float(np.max(image))
     panels = [("input image", np.asarray(image, dtype=np.float64))] + list(outputs.items())
-    spectra = [np.log10(np.fft.fftshift(np.abs(np.fft.fft2(img - img.mean())) ** 2) + 1e-30) for _, img in panels]
+    spectra = [
+        np.log10(np.fft.fftshift(np.abs(np.fft.fft2(img - img.mean())) ** 2) + 1e-30) for _, img in panels
+    ]
     vmax = max(float(sp.max()) for sp in spectra)
     vmin = vmax - 8  # eight decades below the strongest peak
     for j, (label, img) in enumerate(panels):
         ax = axes[0, j]
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
-        title = label if j == 0 else f"{label}\nenergy at 1/{2**levels}-periodic peaks {checkerboard_energy(img, levels):.1%}"
+        title = (
+            label
+            if j == 0
+            else f"{label}\nenergy at 1/{2**levels}-periodic peaks {checkerboard_energy(img, levels):.1%}"
+        )
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("x (pixels)", fontsize=7)
         ax.set_ylabel("y (pixels)", fontsize=7)
         ax.tick_params(labelsize=6)
         freqs = np.fft.fftshift(np.fft.fftfreq(img.shape[-1]))
         ax = axes[1, j]
-        im = ax.imshow(spectra[j], cmap="viridis", vmin=vmin, vmax=vmax,
-                       extent=(freqs[0], freqs[-1], freqs[-1], freqs[0]))
+        im = ax.imshow(
+            spectra[j],
+            cmap="viridis",
+            vmin=vmin,
+            vmax=vmax,
+            extent=(freqs[0], freqs[-1], freqs[-1], freqs[0]),
+        )
         ax.set_xlabel("horizontal frequency (cycles/pixel)", fontsize=7)
         ax.set_ylabel("vertical frequency (cycles/pixel)", fontsize=7)
         ax.set_title("log10 power spectrum", fontsize=8)
         ax.tick_params(labelsize=6)
     cbar = fig.colorbar(im, ax=axes[1, :], fraction=0.02, pad=0.01)
     cbar.set_label("log10 power (same scale in every panel)", fontsize=7)
-    fig.suptitle(f"Upsampling modes of one fixed network ({levels} max-pool/APS-D levels down, then up; "
-                 "seeded 2x2 transposed kernels, identity 1x1 convs): the transposed convolution stamps its\n"
-                 "uneven kernel on every pixel -- the checkerboard, spectral peaks at multiples of "
-                 f"1/{2**levels} cycles/pixel; APS-U uses the same kernel on its chosen grid; resize modes have none",
-                 fontsize=9)
+    fig.suptitle(
+        f"Upsampling modes of one fixed network ({levels} max-pool/APS-D levels down, then up; "
+        "seeded 2x2 transposed kernels, identity 1x1 convs): the transposed convolution stamps its\n"
+        "uneven kernel on every pixel -- the checkerboard, spectral peaks at multiples of "
+        f"1/{2**levels} cycles/pixel; APS-U uses the same kernel on its chosen grid; resize modes have none",
+        fontsize=9,
+    )
     return fig
 
 
@@ -263,8 +309,13 @@ def default_image(examples: Mapping[str, Mapping[str, np.ndarray]]) -> np.ndarra
 
 
 # --------------------------------------------------------------------------------------------
-def write_figures(folder: Path, rows: Sequence[Mapping[str, Any]], examples: Mapping[str, Mapping[str, np.ndarray]],
-                  reference: str = "baseline", equivariant: str = "APS") -> Tuple[List[Path], List[str]]:
+def write_figures(
+    folder: Path,
+    rows: Sequence[Mapping[str, Any]],
+    examples: Mapping[str, Mapping[str, np.ndarray]],
+    reference: str = "baseline",
+    equivariant: str = "APS",
+) -> Tuple[List[Path], List[str]]:
     """All figures the rows and examples allow; returns their paths and notes on what was skipped."""
     folder = Path(folder)
     paths, notes = [], []
@@ -275,8 +326,10 @@ def write_figures(folder: Path, rows: Sequence[Mapping[str, Any]], examples: Map
     if len(pair) == 2:
         paths.append(save_figure(shift_example_figure(examples, pair), folder / "shift_example.png"))
     else:
-        notes.append(f"shift_example.png needs finished {reference!r} and {equivariant!r} runs; "
-                     f"found examples for {sorted(examples) or 'none'}")
+        notes.append(
+            f"shift_example.png needs finished {reference!r} and {equivariant!r} runs; "
+            f"found examples for {sorted(examples) or 'none'}"
+        )
     image = default_image(examples)
     levels = 2 if min(image.shape) < 96 else 3
     paths.append(save_figure(upsampling_figure(image, levels), folder / "upsampling_modes.png"))

@@ -44,8 +44,18 @@ from equinet.study.variants import (
     set_dotted,
 )
 
-STUDY_KEYS = ("name", "description", "run", "variants", "define", "requires_root", "threads", "ood", "cost",
-              "examples")
+STUDY_KEYS = (
+    "name",
+    "description",
+    "run",
+    "variants",
+    "define",
+    "requires_root",
+    "threads",
+    "ood",
+    "cost",
+    "examples",
+)
 DEFAULTS: Dict[str, Any] = {
     "description": "",
     "define": {},
@@ -56,10 +66,20 @@ DEFAULTS: Dict[str, Any] = {
     "examples": {"shift": [8, 5], "index": None},
 }
 # Where a run executes, not what it computes: a study folder may be continued with other values.
-PLACEMENT_KEYS = ("run.trainer.accelerator", "run.trainer.devices", "run.trainer.num_nodes", "run.trainer.strategy",
-                  "run.trainer.logger", "run.trainer.enable_progress_bar", "run.data.init_args.num_workers",
-                  "run.data.init_args.pin_memory", "run.data.init_args.progress", "ood.data.init_args.num_workers",
-                  "ood.data.init_args.progress", "threads")
+PLACEMENT_KEYS = (
+    "run.trainer.accelerator",
+    "run.trainer.devices",
+    "run.trainer.num_nodes",
+    "run.trainer.strategy",
+    "run.trainer.logger",
+    "run.trainer.enable_progress_bar",
+    "run.data.init_args.num_workers",
+    "run.data.init_args.pin_memory",
+    "run.data.init_args.progress",
+    "ood.data.init_args.num_workers",
+    "ood.data.init_args.progress",
+    "threads",
+)
 STUDY_FILE = "study.yaml"
 
 
@@ -99,8 +119,12 @@ def class_key(config: Mapping[str, Any], key: str) -> str:
     (the shorthand the equinet CLI accepts, ``--data.root``)."""
     parts, out, node = key.split("."), [], config
     for i, part in enumerate(parts):
-        if (isinstance(node, Mapping) and "class_path" in node and part not in ("class_path", "init_args")
-                and i < len(parts)):
+        if (
+            isinstance(node, Mapping)
+            and "class_path" in node
+            and part not in ("class_path", "init_args")
+            and i < len(parts)
+        ):
             out.append("init_args")
             node = node.get("init_args") or {}
         out.append(part)
@@ -150,7 +174,9 @@ class Study:
         return cfg
 
 
-def load_study(path: Optional[os.PathLike], overrides: Sequence[str] = (), config: Optional[Mapping] = None) -> Study:
+def load_study(
+    path: Optional[os.PathLike], overrides: Sequence[str] = (), config: Optional[Mapping] = None
+) -> Study:
     """Read a study YAML (or take ``config``), apply ``--key value`` overrides, fill the defaults."""
     if config is None:
         if path is None:
@@ -244,18 +270,24 @@ def check_study(study: Study, only: Optional[Sequence[str]] = None) -> List[str]
     known = study.definitions
     unknown = [v for v in study.variants if v not in known]
     if unknown:
-        raise StudyError(f"unknown variant(s) {unknown} in {study.source or 'the study config'}; known variants: "
-                         f"{', '.join(known)} (or define new ones under 'define:')")
+        raise StudyError(
+            f"unknown variant(s) {unknown} in {study.source or 'the study config'}; known variants: "
+            f"{', '.join(known)} (or define new ones under 'define:')"
+        )
     dupes = sorted({v for v in study.variants if study.variants.count(v) > 1})
     if dupes or INPUT in study.variants:
-        raise StudyError(f"variants must be distinct and not {INPUT!r} (the reference row is always added); "
-                         f"got {study.variants}")
+        raise StudyError(
+            f"variants must be distinct and not {INPUT!r} (the reference row is always added); "
+            f"got {study.variants}"
+        )
     selected = list(study.variants)
     if only:
         outside = [v for v in only if v not in study.variants and v != INPUT]
         if outside:
-            raise StudyError(f"--only {outside}: not variants of study {study.name!r}, whose variants are "
-                             f"{', '.join(study.variants)}")
+            raise StudyError(
+                f"--only {outside}: not variants of study {study.name!r}, whose variants are "
+                f"{', '.join(study.variants)}"
+            )
         selected = [v for v in study.variants if v in only]
     reference = study.config["cost"].get("reference")
     if reference and reference not in known:
@@ -266,14 +298,18 @@ def check_study(study: Study, only: Optional[Sequence[str]] = None) -> List[str]
         raise StudyError("run.data must name a DataModule (class_path + init_args)")
     root = (data.get("init_args") or {}).get("root")
     if study.config.get("requires_root") and not root:
-        raise StudyError(f"study {study.name!r} trains on real data: pass the dataset root, e.g. "
-                         f"--data.root /data/{study.name} (see the header of {study.source or 'the study config'})")
+        raise StudyError(
+            f"study {study.name!r} trains on real data: pass the dataset root, e.g. "
+            f"--data.root /data/{study.name} (see the header of {study.source or 'the study config'})"
+        )
     if root and not Path(root).expanduser().is_dir():
         raise StudyError(f"data.root {root} does not exist or is not a folder")
     ood_root = get_dotted(study.ood or {}, "data.init_args.root")
     if ood_root and not Path(ood_root).expanduser().is_dir():
-        raise StudyError(f"ood.data.init_args.root {ood_root} does not exist or is not a folder "
-                         "(a folder of ImageNet val JPEGs; null uses the images bundled with scikit-image)")
+        raise StudyError(
+            f"ood.data.init_args.root {ood_root} does not exist or is not a folder "
+            "(a folder of ImageNet val JPEGs; null uses the images bundled with scikit-image)"
+        )
 
     crops = {"run.data": crop_size(data)}
     if study.ood:
@@ -283,8 +319,9 @@ def check_study(study: Study, only: Optional[Sequence[str]] = None) -> List[str]
         try:
             network = instantiate(get_dotted(cfg, NETWORK))
         except (TypeError, ValueError) as err:
-            raise StudyError(f"variant {variant!r}: cannot build its network from "
-                             f"{get_dotted(cfg, NETWORK)}: {err}") from None
+            raise StudyError(
+                f"variant {variant!r}: cannot build its network from {get_dotted(cfg, NETWORK)}: {err}"
+            ) from None
         multiple = size_multiple(network)
         for where, crop in crops.items():
             if crop is None or multiple is None:
@@ -292,9 +329,11 @@ def check_study(study: Study, only: Optional[Sequence[str]] = None) -> List[str]
             bad = [m for m in multiple if crop % m]
             if bad:
                 ok_down = max(multiple) * (crop // max(multiple))
-                raise StudyError(f"variant {variant!r}: its network needs inputs divisible by {multiple} but "
-                                 f"{where}.init_args.crop_size is {crop}; use crop_size {ok_down} or "
-                                 f"{ok_down + max(multiple)}, or a smaller network depth")
+                raise StudyError(
+                    f"variant {variant!r}: its network needs inputs divisible by {multiple} but "
+                    f"{where}.init_args.crop_size is {crop}; use crop_size {ok_down} or "
+                    f"{ok_down + max(multiple)}, or a smaller network depth"
+                )
     return selected
 
 
@@ -310,8 +349,11 @@ def comparable(config: Mapping[str, Any]) -> Dict[str, Any]:
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
     """``key: old -> new`` for every result-deciding key that differs."""
     a, b = comparable(old), comparable(new)
-    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
-            if a.get(k, "(unset)") != b.get(k, "(unset)")]
+    return [
+        f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "(unset)") != b.get(k, "(unset)")
+    ]
 
 
 def read_study_file(folder: Path) -> Optional[Dict[str, Any]]:
@@ -319,8 +361,9 @@ def read_study_file(folder: Path) -> Optional[Dict[str, Any]]:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-def resolve_folder(study: Study, folder: Optional[os.PathLike], output: os.PathLike = "outputs/study",
-                   new: bool = False) -> Tuple[Path, bool]:
+def resolve_folder(
+    study: Study, folder: Optional[os.PathLike], output: os.PathLike = "outputs/study", new: bool = False
+) -> Tuple[Path, bool]:
     """The study folder to use and whether it continues an earlier one.
 
     ``folder`` given: that folder (refused if it holds a study with other settings). Otherwise
@@ -333,13 +376,17 @@ def resolve_folder(study: Study, folder: Optional[os.PathLike], output: os.PathL
         if old is not None:
             diff = config_differences(old, study.config)
             if diff:
-                raise StudyError(f"{folder} holds study {old.get('name')!r} run with other settings; refusing to "
-                                 f"mix results. Differences (folder -> now):\n  " + "\n  ".join(diff)
-                                 + "\nUse another --dir (or none, for a new timestamped folder).")
+                raise StudyError(
+                    f"{folder} holds study {old.get('name')!r} run with other settings; refusing to "
+                    f"mix results. Differences (folder -> now):\n  "
+                    + "\n  ".join(diff)
+                    + "\nUse another --dir (or none, for a new timestamped folder)."
+                )
             return folder, True
         if folder.exists() and any(p.name != "runs" for p in folder.iterdir()):
-            raise StudyError(f"{folder} exists and is not a study folder (no {STUDY_FILE}); choose an empty "
-                             "or new --dir")
+            raise StudyError(
+                f"{folder} exists and is not a study folder (no {STUDY_FILE}); choose an empty or new --dir"
+            )
         return folder, False
     output = Path(output)
     if not new and output.is_dir():

@@ -75,8 +75,11 @@ class RunLayout:
         """The run folders present (``latest``, the group's pointer to the newest, is not one)."""
         if not self.runs.is_dir():
             return []
-        return sorted(p.name for p in self.runs.iterdir() if p.is_dir() and not p.is_symlink() and p.name != LATEST
-                      and not p.name.startswith("."))
+        return sorted(
+            p.name
+            for p in self.runs.iterdir()
+            if p.is_dir() and not p.is_symlink() and p.name != LATEST and not p.name.startswith(".")
+        )
 
 
 def read_json(path: Path) -> Dict[str, Any]:
@@ -136,8 +139,12 @@ class Launcher:
 
             # as if `equinet fit ...` had been typed (LightningCLI warns when its args differ from
             # sys.argv); afterwards undo what a run changes globally (trainer.deterministic)
-            saved = (sys.argv, torch.are_deterministic_algorithms_enabled(),
-                     torch.is_deterministic_algorithms_warn_only_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+            saved = (
+                sys.argv,
+                torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            )
             sys.argv = [saved[0][0] if saved[0] else "equinet", *argv]
             try:
                 lightning_main(list(argv))
@@ -152,7 +159,9 @@ class Launcher:
             env["OMP_NUM_THREADS"] = str(self.threads)
         done = subprocess.run([sys.executable, "-m", "equinet", *argv], env=env)
         if done.returncode != 0:
-            raise StudyError(f"`equinet {' '.join(argv)}` failed with exit code {done.returncode} (its output is above)")
+            raise StudyError(
+                f"`equinet {' '.join(argv)}` failed with exit code {done.returncode} (its output is above)"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +172,11 @@ def study_device(run_config: Mapping[str, Any]) -> torch.device:
     accelerator = str(get_dotted(run_config, "trainer.accelerator", "auto"))
     if accelerator != "cpu" and torch.cuda.is_available():
         return torch.device("cuda", 0)
-    if accelerator in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if (
+        accelerator in ("auto", "mps")
+        and getattr(torch.backends, "mps", None)
+        and torch.backends.mps.is_available()
+    ):
         return torch.device("mps")
     return torch.device("cpu")
 
@@ -231,11 +244,19 @@ def shift_example(module, sample, shift: Sequence[int], device: torch.device) ->
     max_value = float(sample.max_value)
     psnr = _psnr(target, original(out), max_value)
     psnr_shifted = _psnr(circular_shift(target, k), original(out_shifted), max_value)
-    return {"input": original(x).numpy(), "shifted_input": original(circular_shift(x, k)).numpy(),
-            "output": original(out).numpy(), "shifted_output": original(out_shifted).numpy(),
-            "target": target.numpy(), "shift": np.array(k), "psnr": np.array(psnr),
-            "psnr_shifted": np.array(psnr_shifted), "max_value": np.array(max_value),
-            "fname": np.array(str(sample.fname)), "slice_num": np.array(int(sample.slice_num))}
+    return {
+        "input": original(x).numpy(),
+        "shifted_input": original(circular_shift(x, k)).numpy(),
+        "output": original(out).numpy(),
+        "shifted_output": original(out_shifted).numpy(),
+        "target": target.numpy(),
+        "shift": np.array(k),
+        "psnr": np.array(psnr),
+        "psnr_shifted": np.array(psnr_shifted),
+        "max_value": np.array(max_value),
+        "fname": np.array(str(sample.fname)),
+        "slice_num": np.array(int(sample.slice_num)),
+    }
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -266,8 +287,13 @@ def _global_rank() -> int:
 class StudyRunner:
     """Runs the selected variants of ``study`` into ``study_dir`` (see the module docstring)."""
 
-    def __init__(self, study: Study, study_dir: Path, launcher: Launcher,
-                 log: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+    def __init__(
+        self,
+        study: Study,
+        study_dir: Path,
+        launcher: Launcher,
+        log: Callable[[str], None] = lambda line: print(line, flush=True),
+    ) -> None:
         self.study = study
         self.layout = RunLayout(study_dir)
         self.launcher = launcher
@@ -297,19 +323,35 @@ class StudyRunner:
         if not lay.report(variant, "volumes.csv").is_file():
             if not is_input:
                 if self.rank_zero:  # counted before it starts: a killed attempt shows as one
-                    update_json(folder / STUDY_JSON, fit_attempts=read_json(folder / STUDY_JSON).get("fit_attempts", 0) + 1)
+                    update_json(
+                        folder / STUDY_JSON,
+                        fit_attempts=read_json(folder / STUDY_JSON).get("fit_attempts", 0) + 1,
+                    )
                 start = time.perf_counter()
-                self.launcher(["fit", "--config", config_path, *lay.location_args(variant), "--ckpt_path", "last"], cfg)
+                self.launcher(
+                    ["fit", "--config", config_path, *lay.location_args(variant), "--ckpt_path", "last"], cfg
+                )
                 if self.rank_zero:  # wall-clock time of the attempts that finished
                     info = read_json(folder / STUDY_JSON)
-                    update_json(folder / STUDY_JSON, train_seconds=info.get("train_seconds", 0.0)
-                                + time.perf_counter() - start)
+                    update_json(
+                        folder / STUDY_JSON,
+                        train_seconds=info.get("train_seconds", 0.0) + time.perf_counter() - start,
+                    )
             test = ["test", "--config", config_path, *lay.location_args(variant), "--verbose", "false"]
             self.launcher(test if is_input else test + ["--ckpt_path", "last"], cfg)
         if self.study.ood and not lay.report(variant, "volumes.csv", tag="ood").is_file():
-            ood = ["test", "--config", str(lay.config(variant, "ood")), "--verbose", "false",
-                   *(lay.location_args(variant) + ["--run.tag", "ood"] if is_input
-                     else lay.evaluation_args(variant, "ood"))]
+            ood = [
+                "test",
+                "--config",
+                str(lay.config(variant, "ood")),
+                "--verbose",
+                "false",
+                *(
+                    lay.location_args(variant) + ["--run.tag", "ood"]
+                    if is_input
+                    else lay.evaluation_args(variant, "ood")
+                ),
+            ]
             self.launcher(ood, self.study.ood_config(variant))
         if is_input or not self.rank_zero:
             return
@@ -322,8 +364,9 @@ class StudyRunner:
         if not example_path.is_file():
             module = load_trained(cfg, self.layout.last_checkpoint(variant))
             examples = self.study.config["examples"]
-            arrays = shift_example(module, self.data.sample(examples.get("index")), examples.get("shift", (8, 5)),
-                                   self.device)
+            arrays = shift_example(
+                module, self.data.sample(examples.get("index")), examples.get("shift", (8, 5)), self.device
+            )
             save_npz(example_path, arrays)
         if "cost" not in read_json(folder / STUDY_JSON):
             update_json(folder / STUDY_JSON, cost=self.cost(variant, cfg))
@@ -340,9 +383,16 @@ class StudyRunner:
         ref_network = instantiate(get_dotted(self.study.variant_config(reference), NETWORK))
         batch = self.data.batch()
         same = get_dotted(self.study.variant_config(reference), NETWORK) == get_dotted(cfg, NETWORK)
-        result = measure_cost(network, ref_network, batch.input, batch.target, self.device,
-                              repeats=int(settings.get("repeats", 7)), warmup=int(settings.get("warmup", 2)),
-                              same=same)
+        result = measure_cost(
+            network,
+            ref_network,
+            batch.input,
+            batch.target,
+            self.device,
+            repeats=int(settings.get("repeats", 7)),
+            warmup=int(settings.get("warmup", 2)),
+            same=same,
+        )
         result["reference"] = reference
         return result
 
@@ -361,8 +411,12 @@ class StudyRunner:
             if self.finished(variant):
                 self.log(f"{tag}: finished earlier, results read back from {self.layout.folder(variant)}")
                 continue
-            left = sum(1 for v in todo[i - 1:] if v != INPUT and not self.finished(v))
-            eta = f"; ETA for the rest of the study ~{_minutes(np.mean(spent) * left)}" if spent and left else ""
+            left = sum(1 for v in todo[i - 1 :] if v != INPUT and not self.finished(v))
+            eta = (
+                f"; ETA for the rest of the study ~{_minutes(np.mean(spent) * left)}"
+                if spent and left
+                else ""
+            )
             self.log(f"{tag}: starting{eta}")
             start = time.perf_counter()
             self.run_variant(variant)
@@ -373,8 +427,10 @@ class StudyRunner:
             left = sum(1 for v in todo[i:] if v != INPUT and not self.finished(v))
             eta = f"; ~{_minutes(np.mean(spent) * left)} left for {left} more" if left and spent else ""
             self.log(f"{tag}: finished in {_minutes(seconds)}{self._headline(variant)}{eta}")
-        self.log(f"study: {len(ran)} run(s) in {_minutes(time.perf_counter() - study_start)} -> "
-                 f"{self.layout.study_dir}")
+        self.log(
+            f"study: {len(ran)} run(s) in {_minutes(time.perf_counter() - study_start)} -> "
+            f"{self.layout.study_dir}"
+        )
         return ran
 
     def _headline(self, variant: str) -> str:

@@ -56,8 +56,11 @@ DA_SHIFT = 16  # the APS-U paper's random shifts in [-16, 16]
 def unet_overrides(variant: str) -> Overrides:
     """Overrides that make the run config's U-Net use the strategy of ``VARIANTS[variant]``."""
     strategy, options = VARIANTS[variant]
-    return {f"{NETWORK}.class_path": UNET, f"{NETWORK}.init_args.sampling": strategy,
-            f"{NETWORK}.init_args.sampling_kwargs": dict(options) or None}
+    return {
+        f"{NETWORK}.class_path": UNET,
+        f"{NETWORK}.init_args.sampling": strategy,
+        f"{NETWORK}.init_args.sampling_kwargs": dict(options) or None,
+    }
 
 
 def _builtin() -> Dict[str, Overrides]:
@@ -66,8 +69,11 @@ def _builtin() -> Dict[str, Overrides]:
         "baseline+DA": {**unet_overrides("maxpool"), "model.shift_augmentation": DA_SHIFT},
     }
     table.update({name: unet_overrides(name) for name in VARIANTS if name != "maxpool"})
-    iunet = {f"{NETWORK}.class_path": LIFTED_IUNET, f"{NETWORK}.init_args.architecture": 2,
-             f"{NETWORK}.init_args.verbose": 0}
+    iunet = {
+        f"{NETWORK}.class_path": LIFTED_IUNET,
+        f"{NETWORK}.init_args.architecture": 2,
+        f"{NETWORK}.init_args.verbose": 0,
+    }
     table["iUNet"] = {**iunet, f"{NETWORK}.init_args.adaptive_resampling": False}
     table["iUNet-adaptive"] = {**iunet, f"{NETWORK}.init_args.adaptive_resampling": True}
     return table
@@ -104,11 +110,15 @@ def known_variants(define: Optional[Mapping[str, Overrides]] = None) -> Dict[str
     table = dict(STUDY_VARIANTS)
     for name, overrides in (define or {}).items():
         if not isinstance(name, str) or not VARIANT_NAME.match(name) or name == INPUT:
-            raise ValueError(f"variant name {name!r} is not usable as a folder name (letters, digits, +._-; "
-                             f"not {INPUT!r}, which is the reference row)")
+            raise ValueError(
+                f"variant name {name!r} is not usable as a folder name (letters, digits, +._-; "
+                f"not {INPUT!r}, which is the reference row)"
+            )
         if not isinstance(overrides, Mapping):
-            raise ValueError(f"define.{name} must map config keys to values, e.g. "
-                             f"{{'model.network.init_args.sampling': 'aps'}}; got {overrides!r}")
+            raise ValueError(
+                f"define.{name} must map config keys to values, e.g. "
+                f"{{'model.network.init_args.sampling': 'aps'}}; got {overrides!r}"
+            )
         table[name] = dict(overrides)
     return table
 

@@ -120,18 +120,19 @@ def expected_files() -> Dict[Path, str]:
 # studies: experiments/study/<name>.yaml (`equinet study --config ...`)
 # --------------------------------------------------------------------------------------------
 STUDY_DIR = HERE.parent / "study"
-PAPER_VARIANTS = ["baseline", "baseline+DA", "LPF-2", "LPF-3", "LPF-5", "APS", "APS-2", "APS-3", "APS-5", "LPS",
-                  "orthogonal", "orthogonal-adaptive", "iUNet"]
+PAPER_VARIANTS = ["baseline", "baseline+DA", "LPF-2", "LPF-3", "LPF-5", "APS", "APS-2", "APS-3", "APS-5",
+                  "LPS", "orthogonal", "orthogonal-adaptive", "iUNet"]
 IMAGENET = "equinet.data.ImageNetShiftDataModule"
 
 STUDIES: Dict[str, Dict[str, Any]] = {
     "demo": {
-        "comment": "The demo (`make demo`): synthetic knee volumes in the real fastMRI format, small U-Nets, one\n"
-                   "CPU thread, ~7 minutes on a quiet 2-core machine. Every variant learns (>= 1 dB over the\n"
-                   "zero-filled input), APS/LPS/orthogonal-adaptive are exactly shift-equivariant, the trained\n"
-                   "baseline is not, LPF lies between them -- the APS-U paper's picture in miniature.",
+        "comment": "The demo (`make demo`): synthetic knee volumes in the real fastMRI format, small\n"
+                   "U-Nets, one CPU thread, minutes on a quiet 2-core machine. Every variant learns\n"
+                   "(>= 1 dB over the zero-filled input), APS/LPS/orthogonal-adaptive are exactly shift-\n"
+                   "equivariant, the trained baseline is not, LPF lies between: the APS-U paper in miniature.",
         "dataset": "synthetic",
-        "variants": ["baseline", "baseline+DA", "LPF-3", "APS", "LPS", "orthogonal", "orthogonal-adaptive", "iUNet"],
+        "variants": ["baseline", "baseline+DA", "LPF-3", "APS", "LPS", "orthogonal", "orthogonal-adaptive",
+                     "iUNet"],
         "threads": 1,
         "run": {"trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.max_epochs": 16,
                 "trainer.check_val_every_n_epoch": 4, "trainer.log_every_n_steps": 8,
@@ -162,9 +163,9 @@ STUDIES: Dict[str, Dict[str, Any]] = {
         "cost": {"reference": "baseline", "repeats": 7, "warmup": 2},
     },
     "lodopab": {
-        "comment": "The APS-U paper's LoDoPaB-CT study (Table 4) plus OOD equivariance through the CT forward\n"
-                   "model: every variant with the paper's recipe (experiments/configs/lodopab/*.yaml). Needs\n"
-                   "--data.root (ground_truth_*/observation_* HDF5 files); the FBPs are cached once.",
+        "comment": "The APS-U paper's LoDoPaB-CT study (Table 4) plus OOD equivariance through the CT\n"
+                   "forward model: every variant with the paper's recipe (experiments/configs/lodopab/*).\n"
+                   "Needs --data.root (ground_truth_*/observation_* HDF5 files); FBPs are cached once.",
         "dataset": "lodopab",
         "variants": PAPER_VARIANTS,
         "threads": None,
