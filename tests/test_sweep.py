@@ -13,7 +13,7 @@ import yaml
 from test_lightning_fixtures import REPO, run_cli
 
 # `equinet fit` sweeps (the study sweeps, study_*.yaml, one variant per agent: test_study_sweeps.py)
-SWEEPS = sorted(p for p in (REPO / "experiments" / "sweeps").glob("*.yaml") if not p.stem.startswith("study_"))
+SWEEPS = sorted(p for p in (REPO / "experiments" / "sweeps").glob("*.yaml") if not p.stem.startswith("study"))
 
 
 def render(sweep: dict, values: dict) -> list:

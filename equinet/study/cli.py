@@ -22,7 +22,8 @@ from typing import List, Optional
 
 import torch
 
-from equinet.study.plan import StudyError, check_study, load_study, point_latest, resolve_folder
+from equinet.lightning.runs import point_latest
+from equinet.study.plan import StudyError, check_study, load_study, resolve_folder
 from equinet.study.run import LAUNCHERS, Launcher, StudyRunner
 from equinet.study.variants import STUDY_VARIANTS, VARIANT_DESCRIPTIONS
 
@@ -78,7 +79,7 @@ def run_study(argv: List[str], log=lambda line: print(line, flush=True)) -> Path
     runner.run(selected)
     if runner.rank_zero:
         if args.dir is None:
-            point_latest(folder)
+            point_latest(folder.parent, folder)  # <output>/latest
         if not args.no_collect:
             finish(folder, log)
     return folder

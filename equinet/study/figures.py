@@ -194,14 +194,14 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
 # --------------------------------------------------------------------------------------------
 # upsampling modes of a fixed network
 # --------------------------------------------------------------------------------------------
-def _fix_weights(module: torch.nn.Module, seed: int) -> None:
+def _fix_weights(module: torch.nn.Module, seed: int, unevenness: float = 0.1) -> None:
     """Deterministic weights: transposed convolutions get one seeded 2x2 kernel of mean 1 whose
-    entries differ by up to +-20% (as a learned kernel's do), so brightness is kept and only the
-    unevenness shows; 1x1 convolutions are the identity."""
+    entries differ by up to +-``unevenness`` (as a learned kernel's do), so brightness is kept and
+    only the unevenness shows; 1x1 convolutions are the identity."""
     g = torch.Generator().manual_seed(seed)
     for m in module.modules():
         if isinstance(m, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
-            w = 1 + 0.2 * (2 * torch.rand(m.weight.shape, generator=g) - 1)
+            w = 1 + unevenness * (2 * torch.rand(m.weight.shape, generator=g) - 1)
             m.weight.data.copy_(w / w.mean())
         elif isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) and m.weight.shape[-1] == 1:
             m.weight.data.fill_(1.0)
@@ -212,7 +212,9 @@ def _fix_weights(module: torch.nn.Module, seed: int) -> None:
 
 
 @torch.no_grad()
-def upsampling_outputs(image: np.ndarray, levels: int = 2, seed: int = 0) -> Dict[str, np.ndarray]:
+def upsampling_outputs(
+    image: np.ndarray, levels: int = 2, seed: int = 0, unevenness: float = 0.1
+) -> Dict[str, np.ndarray]:
     """``image`` downsampled ``levels`` times and upsampled back by each mode's fixed layers."""
     from equinet.sampling import create_strategy
 
@@ -223,8 +225,8 @@ def upsampling_outputs(image: np.ndarray, levels: int = 2, seed: int = 0) -> Dic
             create_strategy(strategy, 1, 1, dim=2, padding_mode="circular", **options) for _ in range(levels)
         ]
         for down, up in pairs:
-            _fix_weights(down, seed)
-            _fix_weights(up, seed)
+            _fix_weights(down, seed, unevenness)
+            _fix_weights(up, seed, unevenness)
         h, states = x0, []
         for down, _ in pairs:
             h, state = down.eval()(h)
@@ -298,14 +300,12 @@ def upsampling_figure(image: np.ndarray, levels: int = 2, seed: int = 0):
     return fig
 
 
-def default_image(examples: Mapping[str, Mapping[str, np.ndarray]]) -> np.ndarray:
-    """One image for the upsampling figure: a test target of the study, else scikit-image's camera."""
-    for e in examples.values():
-        if "target" in e and min(e["target"].shape) >= 32:
-            return np.asarray(e["target"], dtype=np.float64)
+def camera_image(size: int = 128) -> np.ndarray:
+    """scikit-image's bundled cameraman, resized to ``size`` in [0, 1]: the upsampling figure's image
+    (natural edges and flat regions, where a periodic artefact is easy to see)."""
     from skimage import data, transform
 
-    return transform.resize(data.camera().astype(np.float64) / 255.0, (128, 128), anti_aliasing=True)
+    return transform.resize(data.camera().astype(np.float64) / 255.0, (size, size), anti_aliasing=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +330,5 @@ def write_figures(
             f"shift_example.png needs finished {reference!r} and {equivariant!r} runs; "
             f"found examples for {sorted(examples) or 'none'}"
         )
-    image = default_image(examples)
-    levels = 2 if min(image.shape) < 96 else 3
-    paths.append(save_figure(upsampling_figure(image, levels), folder / "upsampling_modes.png"))
+    paths.append(save_figure(upsampling_figure(camera_image(), levels=2), folder / "upsampling_modes.png"))
     return paths, notes

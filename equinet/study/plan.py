@@ -418,15 +418,3 @@ def write_yaml(path: Path, data: Mapping[str, Any]) -> None:
     text = yaml.safe_dump(dict(data), sort_keys=False, width=100)
     if not path.is_file() or path.read_text() != text:
         atomic_write_text(path, text)
-
-
-def point_latest(folder: Path) -> None:
-    """``<output>/latest`` -> ``folder`` (a relative symlink, replaced atomically)."""
-    link = folder.parent / "latest"
-    tmp = folder.parent / f".latest.tmp-{os.getpid()}"
-    try:
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(folder.name)
-        os.replace(tmp, link)
-    except OSError:
-        tmp.unlink(missing_ok=True)

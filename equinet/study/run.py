@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from equinet.files import atomic_write_text, temporary_path
-from equinet.lightning.runs import CHECKPOINTS, LATEST, report_name
+from equinet.lightning.runs import CHECKPOINTS, LATEST, is_rank_zero, report_name
 from equinet.study.plan import Study, StudyError, instantiate, write_plan
 from equinet.study.variants import INPUT, NETWORK, get_dotted
 
@@ -219,16 +219,11 @@ class StudyData:
         return next(iter(self.module.test_dataloader()))
 
 
-def _psnr(target: torch.Tensor, output: torch.Tensor, max_value: float) -> float:
-    mse = float(((target.double() - output.double()) ** 2).mean())
-    return 10 * float(np.log10(max_value**2 / mse)) if mse > 0 else float("inf")
-
-
 @torch.no_grad()
 def shift_example(module, sample, shift: Sequence[int], device: torch.device) -> Dict[str, np.ndarray]:
     """The APS-U paper's Fig. 4 for one image: ``x``, ``T_k x``, ``G(x)``, ``G(T_k x)``, the target,
     and the PSNR of both outputs (against ``y`` and ``T_k y``), in original units."""
-    from equinet.metrics import circular_shift
+    from equinet.metrics import circular_shift, psnr
 
     module = module.to(device)
     x = sample.input[None].to(device)
@@ -242,8 +237,8 @@ def shift_example(module, sample, shift: Sequence[int], device: torch.device) ->
 
     target = original(sample.target[None].to(device))
     max_value = float(sample.max_value)
-    psnr = _psnr(target, original(out), max_value)
-    psnr_shifted = _psnr(circular_shift(target, k), original(out_shifted), max_value)
+    before = psnr(target.numpy(), original(out).numpy(), max_value)
+    after = psnr(circular_shift(target, k).numpy(), original(out_shifted).numpy(), max_value)
     return {
         "input": original(x).numpy(),
         "shifted_input": original(circular_shift(x, k)).numpy(),
@@ -251,8 +246,8 @@ def shift_example(module, sample, shift: Sequence[int], device: torch.device) ->
         "shifted_output": original(out_shifted).numpy(),
         "target": target.numpy(),
         "shift": np.array(k),
-        "psnr": np.array(psnr),
-        "psnr_shifted": np.array(psnr_shifted),
+        "psnr": np.array(before),
+        "psnr_shifted": np.array(after),
         "max_value": np.array(max_value),
         "fname": np.array(str(sample.fname)),
         "slice_num": np.array(int(sample.slice_num)),
@@ -277,13 +272,6 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def _global_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
 class StudyRunner:
     """Runs the selected variants of ``study`` into ``study_dir`` (see the module docstring)."""
 
@@ -300,7 +288,7 @@ class StudyRunner:
         self.log = log
         self.data = StudyData(study.run)
         self.device = study_device(study.run)
-        self.rank_zero = _global_rank() == 0
+        self.rank_zero = is_rank_zero(os.environ)  # under srun/torchrun every rank runs the study
 
     # -- stages ------------------------------------------------------------------------------
     def finished(self, variant: str) -> bool:

@@ -129,7 +129,7 @@ STUDIES: Dict[str, Dict[str, Any]] = {
         "comment": "The demo (`make demo`): synthetic knee volumes in the real fastMRI format, small\n"
                    "U-Nets, one CPU thread, minutes on a quiet 2-core machine. Every variant learns\n"
                    "(>= 1 dB over the zero-filled input), APS/LPS/orthogonal-adaptive are exactly shift-\n"
-                   "equivariant, the trained baseline is not, LPF lies between: the APS-U paper in miniature.",
+                   "equivariant, the trained baseline is not, LPF lies between (the APS-U paper's picture).",
         "dataset": "synthetic",
         "variants": ["baseline", "baseline+DA", "LPF-3", "APS", "LPS", "orthogonal", "orthogonal-adaptive",
                      "iUNet"],
