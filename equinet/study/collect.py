@@ -22,7 +22,7 @@ import yaml
 
 from equinet.files import atomic_write_text
 from equinet.lightning.evaluation import EQUIVARIANCE_COLUMNS, RECON_COLUMNS, group_means
-from equinet.study.plan import STUDY_FILE, Study, StudyError, load_study
+from equinet.study.plan import STUDY_FILE, StudyError, load_study
 from equinet.study.run import EXAMPLE_FILE, STUDY_JSON, RunLayout, read_json
 from equinet.study.variants import INPUT, NETWORK, get_dotted
 
@@ -134,13 +134,16 @@ def describe(config: Mapping[str, Any], variant: str) -> str:
     return text
 
 
-def read_row(layout: RunLayout, variant: str, study: Optional[Study] = None) -> Optional[Dict[str, Any]]:
+def read_row(layout: RunLayout, variant: str) -> Optional[Dict[str, Any]]:
     """The results row of one variant, or ``None`` if its test has not finished."""
     volumes = read_csv(layout.report(variant, "volumes.csv"))
     if not volumes:
         return None
-    config_path = layout.config(variant)
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    # how the run was trained: its own config.yaml (written by `equinet fit`), else the study's
+    config_path = next(
+        (p for p in (layout.folder(variant) / "config.yaml", layout.config(variant)) if p.is_file()), None
+    )
+    config = yaml.safe_load(config_path.read_text()) if config_path is not None else {}
     row: Dict[str, Any] = {"variant": variant, "strategy": describe(config, variant)}
     row.update(volume_means(volumes))
     # the paper's worst case: max over images of each image's worst |dPSNR| (exact from the
@@ -400,7 +403,7 @@ def collect(study_dir: Path, log=print, figures: bool = True) -> List[Dict[str, 
     order = [INPUT] + study.variants + [v for v in found if v not in study.variants and v != INPUT]
     rows, notes = [], []
     for variant in order:
-        row = read_row(layout, variant, study)
+        row = read_row(layout, variant)
         if row is None:
             if variant in study.variants or variant == INPUT:
                 notes.append(

@@ -425,7 +425,7 @@ class StudyRunner:
         from equinet.study.collect import read_row
 
         try:
-            row = read_row(self.layout, variant, self.study)
+            row = read_row(self.layout, variant)
         except (OSError, ValueError):
             return ""
         if not row:

@@ -148,10 +148,9 @@ def set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:
 
 def _class_parameters(class_path: str) -> Optional[set]:
     """Constructor parameter names of ``class_path`` (``None`` if it takes ``**kwargs``)."""
-    import importlib
+    from equinet.study.plan import resolve_class
 
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
+    cls = resolve_class(class_path)
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return None
