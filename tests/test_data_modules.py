@@ -359,11 +359,11 @@ def test_imagenet_class_folder_layout_sorted_by_file_name(tmp_path):
 def test_root_none_generates_once_in_the_data_dir_and_uses_the_real_loaders(tmp_path, monkeypatch):
     monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "cache"))
     modules = [
-        FastMRIDataModule(crop_size=16, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2),
+        FastMRIDataModule(crop_size=16, synthetic=True, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2),
         LoDoPaBDataModule(
-            crop_size=16, synthetic_size=20, synthetic_num=3, synthetic_samples_per_file=2, progress=False
+            crop_size=16, synthetic=True, synthetic_size=20, synthetic_num=3, synthetic_samples_per_file=2, progress=False
         ),
-        ImageNetShiftDataModule(crop_size=16, synthetic_size=20, synthetic_num=4, num_images=3),
+        ImageNetShiftDataModule(crop_size=16, synthetic=True, synthetic_size=20, synthetic_num=4, num_images=3),
     ]
     for dm in modules:
         dm.prepare_data()
@@ -371,7 +371,7 @@ def test_root_none_generates_once_in_the_data_dir_and_uses_the_real_loaders(tmp_
         assert dm.resolved_root().is_relative_to(tmp_path / "cache")
         check_batch(next(iter(dm.test_dataloader())), 16)
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
-    again = FastMRIDataModule(crop_size=16, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2)
+    again = FastMRIDataModule(crop_size=16, synthetic=True, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2)
     again.prepare_data()
     again.setup("test")
     assert {

@@ -275,8 +275,7 @@ class LoDoPaBDataModule(ReconDataModule):
 
     Args:
         root: folder with ``ground_truth_{train,validation,test}_NNN.hdf5`` and
-            ``observation_..._NNN.hdf5``. ``None``: generate a synthetic dataset in that format
-            once under ``data_dir`` and use it.
+            ``observation_..._NNN.hdf5``. Required unless ``synthetic``.
         crop_size: side of the centre crop (352 of LoDoPaB's 362, divisible by 32).
         batch_size: samples per batch.
         num_workers: DataLoader workers.
@@ -291,6 +290,8 @@ class LoDoPaBDataModule(ReconDataModule):
         progress: show a tqdm bar while building the FBP cache.
         pin_memory: DataLoader ``pin_memory``.
         data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or ``~/.cache/equinet``.
+        synthetic: instead of a ``root``, generate a small synthetic dataset in the LoDoPaB format
+            once under ``data_dir`` and use it (phantoms; for trying things out, never a fallback).
         synthetic_num: training samples of the synthetic default (validation/test get ``max(1, N // 4)``).
         synthetic_size: image size of the synthetic data (362 = LoDoPaB's geometry: 1000 angles x
             513 bins; smaller sizes scale detectors and angles in proportion). Must be >= ``crop_size``.
@@ -312,6 +313,7 @@ class LoDoPaBDataModule(ReconDataModule):
         progress: bool = True,
         pin_memory: bool = False,
         data_dir: Optional[str] = None,
+        synthetic: bool = False,
         synthetic_num: int = 32,
         synthetic_size: int = ct.LODOPAB_IMAGE_SIZE,
         synthetic_samples_per_file: int = 32,
@@ -322,9 +324,10 @@ class LoDoPaBDataModule(ReconDataModule):
         if fbp_filter not in ct.FBP_FILTERS:
             raise ValueError(f"fbp_filter must be one of {ct.FBP_FILTERS}, got {fbp_filter!r}")
         if root is None and synthetic_size < crop_size:
-            raise ValueError(f"synthetic_size={synthetic_size} is smaller than crop_size={crop_size}")
+            raise ValueError(f"crop_size={crop_size} is larger than the synthetic images (synthetic_size="
+                             f"{synthetic_size}); use crop_size <= {synthetic_size} or synthetic_size >= {crop_size}")
         self.save_hyperparameters()
-        self.root = Path(root).expanduser() if root is not None else None
+        self.root = self.check_source(root, synthetic)
         self.crop_size = crop_size
         self.fbp_backend = fbp
         self.fbp_filter = fbp_filter
@@ -343,6 +346,7 @@ class LoDoPaBDataModule(ReconDataModule):
     # -- data location -------------------------------------------------------------------------
     synthetic_kind = "lodopab"
     synthetic_what = "LoDoPaB-CT"
+    root_holds = "ground_truth_<part>_NNN.hdf5 and observation_<part>_NNN.hdf5 files"
 
     def synthetic_label(self) -> str:
         s = self.synthetic
