@@ -9,10 +9,12 @@ Config layout (``experiments/configs/<dataset>/<strategy>.yaml``)::
       loss: mse
       optimizer: {class_path: torch.optim.Adam, init_args: {lr: 0.001}}
       lr_scheduler: {class_path: torch.optim.lr_scheduler.StepLR, init_args: {...}}
-    data: {class_path: equinet.data.FastMRIDataModule, init_args: {root: null, ...}}
+    data: {class_path: equinet.data.FastMRIDataModule, init_args: {root: /data/knee, ...}}
+    run: {name: null, tag: null}   # which run folder of the group trainer.default_root_dir
     checkpoint: {...}              # always-on RunCheckpoint: best by val/ssim + last.ckpt
     equivariance: {...}            # always-on EquivarianceEvaluation (runs in `test`)
     images: {...}                  # always-on ReconstructionImageLogger
+    predictions: {...}             # always-on ReconstructionWriter (runs in `predict`)
 
 Everything can be overridden on the command line (``--trainer.max_steps 10``, ``--data.root
 /data/knee``, ``--model.network.init_args.sampling aps``); ``--print_config`` shows the result.
@@ -50,6 +52,7 @@ from equinet.lightning.callbacks import (
     RunCheckpoint,
 )
 from equinet.lightning.module import ReconstructionModule
+from equinet.lightning.predictions import ReconstructionWriter
 from equinet.lightning.runs import (
     DEFAULT_GROUP,
     RUN_ID_ENV,
@@ -191,6 +194,7 @@ class EquinetCLI(LightningCLI):
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(EquivarianceEvaluation, "equivariance")
         parser.add_lightning_class_args(ReconstructionImageLogger, "images")
+        parser.add_lightning_class_args(ReconstructionWriter, "predictions")
 
     def before_instantiate_classes(self) -> None:
         sub = self.subcommand
@@ -204,6 +208,8 @@ class EquinetCLI(LightningCLI):
         # (--weights_only false, for trusted checkpoints that pickle arbitrary objects).
         if "weights_only" in cfg and cfg["weights_only"] is None:
             cfg["weights_only"] = True
+        if sub == "predict" and cfg.get("return_predictions") is None:
+            cfg.return_predictions = False  # ReconstructionWriter writes them; don't also hold all in memory
         self._place_run(sub, cfg)
 
     def _place_run(self, sub: str, cfg: Any) -> None:
@@ -216,6 +222,9 @@ class EquinetCLI(LightningCLI):
             cfg.ckpt_path = ckpt_path
         if not cfg.checkpoint.dirpath:
             cfg.checkpoint.dirpath = str(run / "checkpoints")
+        if not cfg.predictions.output_dir:
+            name = "reconstructions" + (f"-{cfg.run.tag}" if cfg.run.tag else "")
+            cfg.predictions.output_dir = str(run / name)
         loggers = cfg.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if not hasattr(logger, "class_path") or logger.class_path.rsplit(".", 1)[-1] not in FILE_LOGGERS:
@@ -270,6 +279,12 @@ class EquinetCLI(LightningCLI):
 
     def after_test(self) -> None:
         self._report()
+
+    def after_predict(self) -> None:
+        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, ReconstructionWriter)), None)
+        if writer is not None and self.trainer.is_global_zero:
+            rank_zero_info(f"equinet: wrote {len(writer.written)} reconstruction files "
+                           f"({writer.resolve_format(self.datamodule)} format) to {writer.folder}")
 
 
 def lightning_main(argv: Optional[List[str]] = None) -> EquinetCLI:

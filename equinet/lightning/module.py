@@ -178,6 +178,9 @@ class ReconstructionModule(pl.LightningModule):
             images = extra["images"]
             meta.update(extra["meta"])
         summary = summarise(volumes, images)
+        # Lightning logs these at the step given by a logged "step" metric: the training step that
+        # is evaluated, which the image panels of this evaluation use too
+        self.log("step", float(self.evaluation_step), sync_dist=True)
         for name in ("loss", "nmse", "psnr", "ssim"):
             if name in summary:
                 # the value is identical on every rank after the gather; sync_dist keeps it so
@@ -189,7 +192,7 @@ class ReconstructionModule(pl.LightningModule):
             return
         ckpt = getattr(trainer, "ckpt_path", None)
         progress = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
-        if trainer.state.fn != "fit" and self._checkpoint_progress is not None:
+        if self._evaluates_checkpoint():
             progress = self._checkpoint_progress  # evaluating a checkpoint: its training progress
         meta = {"data": describe_data(trainer.datamodule), "network": _describe(self), "epoch": progress["epoch"], "global step": progress["global_step"],
                 "checkpoint": ckpt or "(weights in memory)", "volumes": len(volumes), "slices": len(records),
@@ -197,6 +200,17 @@ class ReconstructionModule(pl.LightningModule):
                 "world size": trainer.world_size, **meta}
         self.evaluation["files"] = write_report(Path(trainer.default_root_dir), report_name(stage, self.report_tag),
                                                 volumes, images, summary, meta)
+
+    def _evaluates_checkpoint(self) -> bool:
+        return self.trainer.state.fn != "fit" and self._checkpoint_progress is not None
+
+    @property
+    def evaluation_step(self) -> int:
+        """The logger step of an evaluation's scalars and image panels: the training step evaluated
+        (``trainer.global_step`` during fit; the checkpoint's step when evaluating a checkpoint)."""
+        if self._evaluates_checkpoint():
+            return int(self._checkpoint_progress.get("global_step") or 0)
+        return self.trainer.global_step
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # remembered for the reports of validate/test runs: which training state is evaluated
