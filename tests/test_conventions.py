@@ -62,7 +62,9 @@ def private_lightning_members(cls: type) -> list:
             pass
     ours = {name for name in vars(cls) if _is_private(name)}
     ours |= set(re.findall(r"self\.(_\w+)", inspect.getsource(cls)))
-    return sorted(f"{cls.__module__}.{cls.__qualname__}.{name}" for name in ours & theirs if _is_private(name))
+    return sorted(
+        f"{cls.__module__}.{cls.__qualname__}.{name}" for name in ours & theirs if _is_private(name)
+    )
 
 
 def equinet_modules():
@@ -73,12 +75,16 @@ def equinet_modules():
 def test_no_private_lightning_import_override_or_attribute():
     files = sorted(Path(equinet.__file__).parent.rglob("*.py"))
     assert len(files) > 20
-    imports = {str(p.relative_to(REPO)): found for p in files if (found := private_lightning_imports(p.read_text()))}
+    imports = {
+        str(p.relative_to(REPO)): found for p in files if (found := private_lightning_imports(p.read_text()))
+    }
     assert not imports, imports
     members, classes = [], 0
     for module in equinet_modules():
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            if cls.__module__ == module.__name__ and any(_lightning_module(b.__module__) for b in cls.__mro__[1:]):
+            if cls.__module__ == module.__name__ and any(
+                _lightning_module(b.__module__) for b in cls.__mro__[1:]
+            ):
                 classes += 1
                 members += private_lightning_members(cls)
     assert classes >= 8  # the module, the DataModules, the callbacks, the CLI, its parser
@@ -87,10 +93,14 @@ def test_no_private_lightning_import_override_or_attribute():
 
 def test_the_check_has_teeth():
     """What the old code did is caught: the private context variable and a private override."""
-    assert private_lightning_imports("from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters")
+    assert private_lightning_imports(
+        "from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters"
+    )
     assert private_lightning_imports("from pytorch_lightning.utilities._pytree import tree_flatten")
     assert private_lightning_imports("import lightning_fabric._graveyard")
-    assert not private_lightning_imports("from pytorch_lightning.cli import LightningCLI\nfrom os import _exit")
+    assert not private_lightning_imports(
+        "from pytorch_lightning.cli import LightningCLI\nfrom os import _exit"
+    )
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -125,18 +135,24 @@ CONFIG = textwrap.dedent("""
 """)
 
 
-@pytest.mark.filterwarnings("ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*")
+@pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*"
+)
 def test_a_cli_checkpoint_loads_weights_only_and_rebuilds_its_network(tmp_path):
     from equinet.models import UNet
 
     config = tmp_path / "unet.yaml"
     config.write_text(CONFIG)
-    cli = run_cli("fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), "--run.name", "a")
+    cli = run_cli(
+        "fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), "--run.name", "a"
+    )
     path = tmp_path / "a" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(path, weights_only=True)  # plain data only
     hparams = ckpt["hyper_parameters"]
-    assert hparams["network"] == {"class_path": "equinet.models.UNet", "init_args": {
-        **hparams["network"]["init_args"], "channels": 4, "depth": 2, "sampling": "aps"}}
+    assert hparams["network"] == {
+        "class_path": "equinet.models.UNet",
+        "init_args": {**hparams["network"]["init_args"], "channels": 4, "depth": 2, "sampling": "aps"},
+    }
     assert hparams["optimizer"]["class_path"] == "torch.optim.SGD" and hparams["loss"] == "mse"
     assert not [k for k in hparams if k.startswith("_")]  # no Lightning-internal keys
 
@@ -149,7 +165,9 @@ def test_a_cli_checkpoint_loads_weights_only_and_rebuilds_its_network(tmp_path):
     assert torch.equal(loaded.eval()(x), trained(x))
     optimizer = loaded.configure_optimizers()
     assert isinstance(optimizer["optimizer"], torch.optim.SGD)
-    assert optimizer["optimizer"].defaults["lr"] == 0.05 and optimizer["optimizer"].defaults["momentum"] == 0.5
+    assert (
+        optimizer["optimizer"].defaults["lr"] == 0.05 and optimizer["optimizer"].defaults["momentum"] == 0.5
+    )
     assert isinstance(optimizer["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
     assert loaded.hparams == hparams  # loading keeps the config, so its own checkpoints rebuild too
 

@@ -26,9 +26,20 @@ def quiet_run(tmp_path, monkeypatch):
     monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("EQUINET_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["equinet"])  # LightningCLI warns when given args and sys.argv has some
-    return ["--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_steps", "1",
-            "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-            "--trainer.enable_model_summary", "false", "--trainer.callbacks", "[]"]
+    return [
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.callbacks",
+        "[]",
+    ]
 
 
 def one_line_error(capsys, *argv: str, code: int = 1) -> str:
@@ -73,7 +84,9 @@ def test_root_and_synthetic_exclude_each_other(capsys, tmp_path, quiet_run):
 
 
 def test_missing_root_names_the_folder(capsys, tmp_path, quiet_run):
-    line = one_line_error(capsys, "fit", "--config", FASTMRI, "--data.root", str(tmp_path / "knee"), *quiet_run)
+    line = one_line_error(
+        capsys, "fit", "--config", FASTMRI, "--data.root", str(tmp_path / "knee"), *quiet_run
+    )
     assert f"root {tmp_path / 'knee'} does not exist" in line and "singlecoil_train/" in line
     nothing_built(tmp_path)
 
@@ -100,8 +113,9 @@ def test_evaluating_last_without_a_checkpoint(capsys, tmp_path, quiet_run, sub):
 
 # --- strategies, sizes, crops ----------------------------------------------------------------
 def test_unknown_sampling_strategy_lists_the_known_ones(capsys, tmp_path, quiet_run):
-    line = one_line_error(capsys, "fit", "--config", SYNTHETIC, "--model.network.init_args.sampling", "apss",
-                          *quiet_run)
+    line = one_line_error(
+        capsys, "fit", "--config", SYNTHETIC, "--model.network.init_args.sampling", "apss", *quiet_run
+    )
     assert "unknown sampling strategy 'apss'; choose one of" in line
     assert all(name in line for name in ("aps", "blur", "lps", "maxpool", "orthogonal"))
     nothing_built(tmp_path)
@@ -113,34 +127,67 @@ def test_unknown_trainer_strategy_lists_the_known_ones(capsys, tmp_path, quiet_r
     nothing_built(tmp_path)
 
 
-def test_size_not_divisible_by_two_to_the_depth_fails_before_the_data_are_generated(capsys, tmp_path, quiet_run):
-    line = one_line_error(capsys, "fit", "--config", SYNTHETIC, "--data.init_args.crop_size", "40",
-                          "--data.init_args.synthetic_size", "40", *quiet_run)
+def test_size_not_divisible_by_two_to_the_depth_fails_before_the_data_are_generated(
+    capsys, tmp_path, quiet_run
+):
+    line = one_line_error(
+        capsys,
+        "fit",
+        "--config",
+        SYNTHETIC,
+        "--data.init_args.crop_size",
+        "40",
+        "--data.init_args.synthetic_size",
+        "40",
+        *quiet_run,
+    )
     assert "crop_size=40 does not suit the network: UNet needs sizes divisible by 16" in line
     assert "--data.init_args.crop_size 32 or 48" in line
     assert not (tmp_path / "data").exists()
 
 
 def test_crop_larger_than_the_synthetic_data(capsys, tmp_path, quiet_run):
-    line = one_line_error(capsys, "fit", "--config", SYNTHETIC, "--data.init_args.crop_size", "80", *quiet_run)
+    line = one_line_error(
+        capsys, "fit", "--config", SYNTHETIC, "--data.init_args.crop_size", "80", *quiet_run
+    )
     assert "crop_size=80 is larger than the synthetic images" in line and "use crop_size <= 64" in line
     nothing_built(tmp_path)
 
 
 def test_crop_larger_than_the_real_data(capsys, tmp_path, quiet_run, knee):
     """The knee fixture's images are 32x32."""
-    line = one_line_error(capsys, "fit", "--config", SYNTHETIC, "--data.init_args.synthetic", "false",
-                          "--data.root", str(knee), "--data.init_args.crop_size", "48", *quiet_run)
+    line = one_line_error(
+        capsys,
+        "fit",
+        "--config",
+        SYNTHETIC,
+        "--data.init_args.synthetic",
+        "false",
+        "--data.root",
+        str(knee),
+        "--data.init_args.crop_size",
+        "48",
+        *quiet_run,
+    )
     assert "smaller than crop_size=48; use crop_size <= 32" in line
 
 
 # --- options and config keys -----------------------------------------------------------------
-@pytest.mark.parametrize("argv, expected", [
-    (["--trainer.max_epoch", "1"], "unrecognized arguments: --trainer.max_epoch 1 (did you mean --trainer.max_epochs?)"),
-    (["--trainer.max_epoch=1"], "(did you mean --trainer.max_epochs?)"),
-    (["--model.bogus", "1"], "unrecognized arguments: --model.bogus 1"),
-    (["--model.loss", "huber"], "Parser key \"model.loss\": Expected a typing.Literal['mse', 'l1', 'ssim']. Got value: huber"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["--trainer.max_epoch", "1"],
+            "unrecognized arguments: --trainer.max_epoch 1 (did you mean --trainer.max_epochs?)",
+        ),
+        (["--trainer.max_epoch=1"], "(did you mean --trainer.max_epochs?)"),
+        (["--model.bogus", "1"], "unrecognized arguments: --model.bogus 1"),
+        (
+            ["--model.loss", "huber"],
+            "Parser key \"model.loss\": Expected a typing.Literal['mse', 'l1', 'ssim']. Got value: huber",
+        ),
+    ],
+)
 def test_unknown_options_and_abbreviations_are_one_line_errors(capsys, tmp_path, quiet_run, argv, expected):
     line = one_line_error(capsys, "fit", "--config", SYNTHETIC, *argv, *quiet_run, "--print_config", code=2)
     assert expected in line and line.endswith("`equinet fit --help` lists the options")
@@ -162,12 +209,38 @@ def test_equinet_debug_shows_the_traceback(tmp_path, quiet_run, monkeypatch):
 
 
 def test_console_command_prints_one_line_and_exits_non_zero(tmp_path):
-    proc = subprocess.run(equinet_cmd("fit", "--config", FASTMRI, "--trainer.default_root_dir", str(tmp_path)),
-                          cwd=tmp_path, env=cli_env(EQUINET_DATA_DIR=str(tmp_path / "data")), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        equinet_cmd("fit", "--config", FASTMRI, "--trainer.default_root_dir", str(tmp_path)),
+        cwd=tmp_path,
+        env=cli_env(EQUINET_DATA_DIR=str(tmp_path / "data")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("equinet fit: error: FastMRIDataModule needs its dataset folder")
     assert last.endswith("(EQUINET_DEBUG=1 shows the traceback)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sync_batchnorm_on_cpu_ddp_says_how_to_turn_it_off(capsys, tmp_path, quiet_run):
+    """The real-data configs sync BatchNorm (right on GPUs); torch has no CPU kernel for it."""
+    line = one_line_error(
+        capsys,
+        "fit",
+        "--config",
+        SYNTHETIC,
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.sync_batchnorm",
+        "true",
+        *quiet_run,
+    )
+    assert "pass --trainer.sync_batchnorm false" in line
+    nothing_built(tmp_path)

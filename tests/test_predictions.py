@@ -19,16 +19,36 @@ from equinet.lightning import ReconstructionModule
 from equinet.lightning.predictions import submission_name
 
 CONFIG = str(REPO / "experiments" / "configs" / "synthetic" / "maxpool.yaml")
-quiet = pytest.mark.filterwarnings("ignore:.*does not have many workers.*",
-                                   "ignore:.*smaller than the logging interval.*")
+quiet = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*"
+)
 
 
 def _args(group, root, *extra):
     """The shipped synthetic config on real-format files at ``root`` (32x32 images), run ``a``."""
-    return ["--config", CONFIG, "--data.init_args.synthetic", "false", "--data.root", str(root),
-            "--data.init_args.crop_size", "32", "--trainer.default_root_dir", str(group), "--run.name", "a",
-            "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--trainer.callbacks", "[]",
-            "--equivariance.num_dpsnr_shifts", "0", *extra]
+    return [
+        "--config",
+        CONFIG,
+        "--data.init_args.synthetic",
+        "false",
+        "--data.root",
+        str(root),
+        "--data.init_args.crop_size",
+        "32",
+        "--trainer.default_root_dir",
+        str(group),
+        "--run.name",
+        "a",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--trainer.callbacks",
+        "[]",
+        "--equivariance.num_dpsnr_shifts",
+        "0",
+        *extra,
+    ]
 
 
 @quiet
@@ -53,8 +73,16 @@ def test_fastmri_predictions_are_scored_by_fastmri_evaluate_like_equinet_test(kn
             # original units (de-normalised): same scale as the target
             assert 0.5 < float(np.abs(recon[()]).mean() / np.abs(gt["reconstruction_esc"][()]).mean()) < 2
 
-    metrics = evaluate(Namespace(target_path=targets, predictions_path=out, challenge="singlecoil",
-                                 acquisition=None, acceleration=None), "reconstruction_esc")
+    metrics = evaluate(
+        Namespace(
+            target_path=targets,
+            predictions_path=out,
+            challenge="singlecoil",
+            acquisition=None,
+            acceleration=None,
+        ),
+        "reconstruction_esc",
+    )
     with open(group / "a" / "test_volumes.csv") as f:
         ours = list(csv.DictReader(f))
     assert len(ours) == 2
@@ -69,13 +97,44 @@ def test_lodopab_predictions_one_file_per_part_in_sample_order(lodopab, tmp_path
 
     group = tmp_path / "runs"
     config = str(REPO / "experiments" / "configs" / "lodopab" / "maxpool.yaml")
-    common = ["--config", config, "--data.root", str(lodopab), "--data.init_args.crop_size", "32",
-              "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "1",
-              "--data.init_args.progress", "false", "--model.network.init_args.channels", "2",
-              "--trainer.default_root_dir", str(group), "--run.name", "ct", "--trainer.enable_progress_bar",
-              "false", "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.sync_batchnorm", "false"]
-    run_cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-            "--trainer.limit_val_batches", "1")
+    common = [
+        "--config",
+        config,
+        "--data.root",
+        str(lodopab),
+        "--data.init_args.crop_size",
+        "32",
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.batch_size",
+        "1",
+        "--data.init_args.progress",
+        "false",
+        "--model.network.init_args.channels",
+        "2",
+        "--trainer.default_root_dir",
+        str(group),
+        "--run.name",
+        "ct",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.sync_batchnorm",
+        "false",
+    ]
+    run_cli(
+        "fit",
+        *common,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+    )
     ckpt = group / "ct" / "checkpoints" / "last.ckpt"
     run_cli("predict", *common, "--ckpt_path", "last", "--run.tag", "again")
     out = group / "ct" / "reconstructions-again"
@@ -99,4 +158,7 @@ def test_lodopab_predictions_one_file_per_part_in_sample_order(lodopab, tmp_path
 def test_submission_names():
     assert submission_name("file1000001.h5") == "file1000001.h5"
     assert submission_name("ILSVRC2012_val_00000001.JPEG") == "ILSVRC2012_val_00000001.JPEG.h5"
-    assert submission_name("n01440764/ILSVRC2012_val_00000293.JPEG") == "n01440764__ILSVRC2012_val_00000293.JPEG.h5"
+    assert (
+        submission_name("n01440764/ILSVRC2012_val_00000293.JPEG")
+        == "n01440764__ILSVRC2012_val_00000293.JPEG.h5"
+    )

@@ -33,25 +33,65 @@ def modes(root):
     return out
 
 
-@pytest.mark.filterwarnings("ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*")
+@pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers.*", "ignore:.*smaller than the logging interval.*"
+)
 def test_everything_a_run_writes_follows_the_umask(tmp_path, monkeypatch, umask_022):
     monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "data"))
     group = tmp_path / "runs"
-    common = ["--config", CONFIG, "--trainer.default_root_dir", str(group), "--trainer.enable_progress_bar", "false",
-              "--equivariance.num_dpsnr_shifts", "1", "--trainer.limit_train_batches", "2", "--trainer.max_epochs", "1"]
+    common = [
+        "--config",
+        CONFIG,
+        "--trainer.default_root_dir",
+        str(group),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--equivariance.num_dpsnr_shifts",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+    ]
     run_cli("fit", *common, "--run.name", "tb")  # TensorBoard: the default logger
-    run_cli("fit", *common, "--run.name", "csv", "--trainer.logger", "CSVLogger",  # CSV + PNG panels
-            "--trainer.logger.save_dir", ".")  # "." (or none, for W&B): the run folder
+    run_cli(
+        "fit",
+        *common,
+        "--run.name",
+        "csv",
+        "--trainer.logger",
+        "CSVLogger",  # CSV + PNG panels
+        "--trainer.logger.save_dir",
+        ".",
+    )  # "." (or none, for W&B): the run folder
     for run in ("tb", "csv"):
         run_cli("test", *common, "--run.name", run, "--ckpt_path", "last")
         run_cli("predict", *common, "--run.name", run, "--ckpt_path", "best")
 
-    written = {**{f"runs/{k}": v for k, v in modes(group).items()}, **{f"data/{k}": v for k, v in
-                                                                       modes(tmp_path / "data").items()}}
+    written = {
+        **{f"runs/{k}": v for k, v in modes(group).items()},
+        **{f"data/{k}": v for k, v in modes(tmp_path / "data").items()},
+    }
     names = "\n".join(written)
-    for expected in ("config.yaml", "test_config.yaml", "checkpoints/last.ckpt", "checkpoints/best-", "events.out",
-                     "metrics.csv", "hparams.yaml", "images/val_", ".png", "val_summary.md", "test_volumes.csv",
-                     "test_images.csv", "reconstructions/", "data/synthetic/fastmri-knee", "singlecoil_train/"):
+    for expected in (
+        "config.yaml",
+        "test_config.yaml",
+        "checkpoints/last.ckpt",
+        "checkpoints/best-",
+        "events.out",
+        "metrics.csv",
+        "hparams.yaml",
+        "images/val_",
+        ".png",
+        "val_summary.md",
+        "test_volumes.csv",
+        "test_images.csv",
+        "reconstructions/",
+        "data/synthetic/fastmri-knee",
+        "singlecoil_train/",
+    ):
         assert expected in names, expected  # the walk saw every kind of output
-    wrong = {path: oct(mode) for path, (is_dir, mode) in written.items() if mode != (0o755 if is_dir else 0o644)}
+    wrong = {
+        path: oct(mode) for path, (is_dir, mode) in written.items() if mode != (0o755 if is_dir else 0o644)
+    }
     assert not wrong, wrong

@@ -245,14 +245,15 @@ class EquinetCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+            if self.subcommand:
+                self._finish_instances(self.config[self.subcommand])
         except BaseException:
             if is_rank_zero(os.environ):
                 remove_if_empty(self.run_dir)
             raise
-        sub = self.subcommand
-        if not sub:
-            return
-        cfg = self.config[sub]
+
+    def _finish_instances(self, cfg: Any) -> None:
+        """Checks that need the built objects, then what the run folder needs from them."""
         if cfg.trainer.get("sync_batchnorm") and self.trainer.world_size > 1 and isinstance(
                 self.trainer.accelerator, CPUAccelerator):
             raise ValueError("--trainer.sync_batchnorm true needs GPUs (torch's SyncBatchNorm has no CPU "
@@ -262,7 +263,7 @@ class EquinetCLI(LightningCLI):
             self.model.report_tag = cfg.run.tag
             # The network/optimiser/scheduler configs (class_path + init_args, plain data), so that
             # the checkpoint rebuilds them: ReconstructionModule.load_from_checkpoint(path).
-            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[sub]["model"]
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]["model"]
             self.model.save_hyperparameters(config)
         ckpt = cfg.get("ckpt_path")
         for callback in self.trainer.callbacks:

@@ -47,7 +47,9 @@ class ReconstructionWriter(BasePredictionWriter):
             ``auto``: ``lodopab`` for a :class:`~equinet.data.LoDoPaBDataModule`, else ``fastmri``.
     """
 
-    def __init__(self, output_dir: Optional[str] = None, format: Literal["auto", "fastmri", "lodopab"] = "auto"):
+    def __init__(
+        self, output_dir: Optional[str] = None, format: Literal["auto", "fastmri", "lodopab"] = "auto"
+    ):
         super().__init__(write_interval="batch")
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -68,12 +70,21 @@ class ReconstructionWriter(BasePredictionWriter):
         parts.mkdir(parents=True, exist_ok=True)
         self._part = h5py.File(parts / f"rank{trainer.global_rank}.h5", "w")
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-                           batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int,
-                           dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Optional[Sequence[int]],
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         if not (isinstance(prediction, dict) and {"output", "fname", "slice_num"} <= set(prediction)):
-            raise TypeError("ReconstructionWriter needs predict_step to return {'output', 'fname', 'slice_num'} "
-                            "(as ReconstructionModule does)")
+            raise TypeError(
+                "ReconstructionWriter needs predict_step to return {'output', 'fname', 'slice_num'} "
+                "(as ReconstructionModule does)"
+            )
         output = prediction["output"].detach().float().cpu().numpy()
         images = output.reshape(output.shape[0], *output.shape[-2:])
         keys = batch_keys(prediction["fname"], prediction["slice_num"], len(images))
@@ -108,14 +119,21 @@ class ReconstructionWriter(BasePredictionWriter):
 def _append(handle: h5py.File, images: np.ndarray, keys: List[Tuple[str, int]]) -> None:
     """Append a batch to a rank's part file (growing datasets ``output``, ``fname``, ``slice_num``)."""
     if "output" not in handle:
-        handle.create_dataset("output", shape=(0, *images.shape[1:]), maxshape=(None, *images.shape[1:]),
-                              dtype="float32", chunks=(1, *images.shape[1:]))
+        handle.create_dataset(
+            "output",
+            shape=(0, *images.shape[1:]),
+            maxshape=(None, *images.shape[1:]),
+            dtype="float32",
+            chunks=(1, *images.shape[1:]),
+        )
         handle.create_dataset("fname", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype())
         handle.create_dataset("slice_num", shape=(0,), maxshape=(None,), dtype="int64")
     start, n = handle["output"].shape[0], len(images)
     if images.shape[1:] != handle["output"].shape[1:]:
-        raise ValueError(f"reconstructions of {keys[0][0]} are {images.shape[1:]}, the others "
-                         f"{handle['output'].shape[1:]}: one prediction run needs one image size")
+        raise ValueError(
+            f"reconstructions of {keys[0][0]} are {images.shape[1:]}, the others "
+            f"{handle['output'].shape[1:]}: one prediction run needs one image size"
+        )
     for name in ("output", "fname", "slice_num"):
         handle[name].resize((start + n, *handle[name].shape[1:]))
     handle["output"][start:] = images
@@ -164,8 +182,12 @@ def write_fastmri(parts: List[Path], out: Path) -> List[str]:
             if [s for s, _ in entries] != list(range(len(entries))):
                 incomplete.append(fname)
         if incomplete:
-            log.warning("%d volumes have only some of their slices (limit_predict_batches?); fastmri.evaluate "
-                        "compares whole volumes: %s", len(incomplete), ", ".join(incomplete[:5]))
+            log.warning(
+                "%d volumes have only some of their slices (limit_predict_batches?); fastmri.evaluate "
+                "compares whole volumes: %s",
+                len(incomplete),
+                ", ".join(incomplete[:5]),
+            )
         return names
     finally:
         for handle in files:
@@ -180,8 +202,10 @@ def write_lodopab(parts: List[Path], out: Path, samples_per_file: int) -> List[s
         for (fname, _), where in _index(files).items():
             match = LODOPAB_NAME.match(fname)
             if match is None:
-                raise ValueError(f"{fname!r} is not a LoDoPaB sample name (ground_truth_<part>_NNN:<row>); "
-                                 "use --predictions.format fastmri for these data")
+                raise ValueError(
+                    f"{fname!r} is not a LoDoPaB sample name (ground_truth_<part>_NNN:<row>); "
+                    "use --predictions.format fastmri for these data"
+                )
             part, file_index, row = match.group(1), int(match.group(2)), int(match.group(3))
             by_part.setdefault(part, []).append((file_index * samples_per_file + row, where))
         names = []
