@@ -244,3 +244,15 @@ def test_sync_batchnorm_on_cpu_ddp_says_how_to_turn_it_off(capsys, tmp_path, qui
     )
     assert "pass --trainer.sync_batchnorm false" in line
     nothing_built(tmp_path)
+
+
+def test_a_logger_without_save_dir_says_what_to_add(capsys, tmp_path, quiet_run):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", SYNTHETIC, *quiet_run, "--trainer.logger", "CSVLogger"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert (
+        "trainer.logger: pytorch_lightning.loggers.CSVLogger: the following arguments are required: save_dir"
+        in err[0]
+    )
+    assert "(add --trainer.logger.save_dir . : '.' means the run folder)" in err[0]

@@ -95,8 +95,34 @@ class EquinetArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
         hint = _did_you_mean(parser, message)
-        sys.stderr.write(f"{prog}: error: {one_line(message)}{hint}; `{prog} --help` lists the options\n")
+        sys.stderr.write(f"{prog}: error: {_essence(message)}{hint}; `{prog} --help` lists the options\n")
         self.exit(2)
+
+
+def _essence(message: str) -> str:
+    """jsonargparse's message on one line; for a class given by ``class_path`` whose arguments are
+    wrong, just that problem (not the list of every type of the union that did not match)."""
+    lines = message.splitlines()
+    for i, line in enumerate(lines):
+        found = re.match(r"(\s*)- Problem with given class_path '([^']+)':\s*(.*)", line)
+        key = re.match(r'Parser key "([^"]+)":', lines[0]) if lines else None
+        if found and key:
+            indent, class_path, first = len(found.group(1)), found.group(2), found.group(3)
+            problem = [first] + [ln for ln in _takewhile_indented(lines[i + 1:], indent)]
+            text = f"{key.group(1)}: {class_path}: {one_line(chr(10).join(problem))}"
+            if key.group(1) == "trainer.logger" and "save_dir" in text:
+                text += " (add --trainer.logger.save_dir . : '.' means the run folder)"
+            return text
+    return one_line(message)
+
+
+def _takewhile_indented(lines: List[str], indent: int) -> List[str]:
+    out = []
+    for line in lines:
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:
+            break
+        out.append(line)
+    return out
 
 
 def _did_you_mean(parser: LightningArgumentParser, message: str) -> str:
@@ -189,7 +215,8 @@ class EquinetCLI(LightningCLI):
     run_dir: Optional[Path] = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_class_arguments(RunOptions, "run", help="Which run folder of the group trainer.default_root_dir")
+        parser.add_class_arguments(RunOptions, "run",
+                                   help="Which run folder of the group trainer.default_root_dir")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(EquivarianceEvaluation, "equivariance")
