@@ -6,11 +6,10 @@ anything is built: no run folder, no generated dataset, no network.
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 import yaml
-from test_lightning_fixtures import REPO, cli_env, equinet_cmd
+from test_lightning_fixtures import REPO, cli_env, equinet_cmd, restored_globals
 from test_sweep import render
 
 from equinet.cli import main
@@ -20,12 +19,17 @@ SYNTHETIC = str(CONFIGS / "synthetic" / "maxpool.yaml")
 FASTMRI = str(CONFIGS / "fastmri" / "aps.yaml")
 
 
+@pytest.fixture(autouse=True)
+def _restored_globals():
+    with restored_globals():  # the console entry point runs in this process
+        yield
+
+
 @pytest.fixture
 def quiet_run(tmp_path, monkeypatch):
     """Arguments that keep a run small and inside tmp_path; the data cache is tmp_path/data."""
     monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("EQUINET_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", ["equinet"])  # LightningCLI warns when given args and sys.argv has some
     return [
         "--trainer.default_root_dir",
         str(tmp_path / "runs"),
