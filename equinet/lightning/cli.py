@@ -50,6 +50,7 @@ from equinet.lightning.callbacks import (
     ReconstructionImageLogger,
     ResumableRNG,
     RunCheckpoint,
+    find_callback,
 )
 from equinet.lightning.module import ReconstructionModule
 from equinet.lightning.predictions import ReconstructionWriter
@@ -103,14 +104,13 @@ def _essence(message: str) -> str:
     """jsonargparse's message on one line; for a class given by ``class_path`` whose arguments are
     wrong, just that problem (not the list of every type of the union that did not match)."""
     lines = message.splitlines()
+    key = re.match(r'Parser key "([^"]+)":', lines[0]) if lines else None
     for i, line in enumerate(lines):
         found = re.match(r"(\s*)- Problem with given class_path '([^']+)':\s*(.*)", line)
-        key = re.match(r'Parser key "([^"]+)":', lines[0]) if lines else None
         if found and key:
-            indent, class_path, first = len(found.group(1)), found.group(2), found.group(3)
-            problem = [first] + [ln for ln in _takewhile_indented(lines[i + 1:], indent)]
-            text = f"{key.group(1)}: {class_path}: {one_line(chr(10).join(problem))}"
-            if key.group(1) == "trainer.logger" and "save_dir" in text:
+            problem = "\n".join([found.group(3), *_takewhile_indented(lines[i + 1 :], len(found.group(1)))])
+            text = f"{key.group(1)}: {found.group(2)}: {one_line(problem)}"
+            if key.group(1) == "trainer.logger" and "save_dir" in problem:
                 text += " (add --trainer.logger.save_dir . : '.' means the run folder)"
             return text
     return one_line(message)
@@ -309,7 +309,7 @@ class EquinetCLI(LightningCLI):
         self._report()
 
     def after_predict(self) -> None:
-        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, ReconstructionWriter)), None)
+        writer = find_callback(self.trainer, ReconstructionWriter)
         if writer is not None and self.trainer.is_global_zero:
             rank_zero_info(f"equinet: wrote {len(writer.written)} reconstruction files "
                            f"({writer.resolve_format(self.datamodule)} format) to {writer.folder}")

@@ -194,7 +194,8 @@ class ReconstructionModule(pl.LightningModule):
         progress = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         if self._evaluates_checkpoint():
             progress = self._checkpoint_progress  # evaluating a checkpoint: its training progress
-        meta = {"data": describe_data(trainer.datamodule), "network": _describe(self), "epoch": progress["epoch"], "global step": progress["global_step"],
+        meta = {"data": describe_data(trainer.datamodule), "network": _describe(self),
+                "epoch": progress["epoch"], "global step": progress["global_step"],
                 "checkpoint": ckpt or "(weights in memory)", "volumes": len(volumes), "slices": len(records),
                 "duplicate slices dropped (distributed sampler padding)": duplicates,
                 "world size": trainer.world_size, **meta}
