@@ -156,6 +156,15 @@ class Study:
     def ood(self) -> Optional[Dict[str, Any]]:
         return self.config.get("ood")
 
+    def ood_data(self) -> Dict[str, Any]:
+        """The OOD DataModule config: the ImageNet folder ``ood.data.root`` if given, else the
+        natural images bundled with the installed packages (``synthetic: true``; never a download)."""
+        assert self.ood is not None
+        data = copy.deepcopy(self.ood["data"])
+        args = data.setdefault("init_args", {})
+        args["synthetic"] = not args.get("root")
+        return data
+
     def variant_config(self, variant: str) -> Dict[str, Any]:
         """The complete ``equinet fit`` config of one variant (the input row: an identity network)."""
         if variant == INPUT:
@@ -166,9 +175,8 @@ class Study:
 
     def ood_config(self, variant: str) -> Dict[str, Any]:
         """The variant's config evaluated on the out-of-distribution data (``equinet test`` only)."""
-        assert self.ood is not None
         cfg = self.variant_config(variant)
-        cfg["data"] = copy.deepcopy(self.ood["data"])
+        cfg["data"] = self.ood_data()
         if self.ood.get("num_dpsnr_shifts") is not None:
             set_dotted(cfg, "equivariance.num_dpsnr_shifts", int(self.ood["num_dpsnr_shifts"]))
         return cfg
@@ -310,6 +318,14 @@ def check_study(study: Study, only: Optional[Sequence[str]] = None) -> List[str]
             f"ood.data.init_args.root {ood_root} does not exist or is not a folder "
             "(a folder of ImageNet val JPEGs; null uses the images bundled with scikit-image)"
         )
+
+    # the DataModules' own checks of their arguments (root vs synthetic, options), before training
+    for where, spec in (("run.data", data), ("ood.data", study.ood_data() if study.ood else None)):
+        if spec is not None:
+            try:
+                instantiate(spec)
+            except (TypeError, ValueError) as err:
+                raise StudyError(f"{where}: {err}") from None
 
     crops = {"run.data": crop_size(data)}
     if study.ood:
