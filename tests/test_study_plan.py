@@ -43,7 +43,10 @@ RUN = {
             },
         }
     },
-    "data": {"class_path": "equinet.data.FastMRIDataModule", "init_args": {"root": None, "crop_size": 32}},
+    "data": {
+        "class_path": "equinet.data.FastMRIDataModule",
+        "init_args": {"synthetic": True, "crop_size": 32},
+    },
 }
 
 
@@ -197,6 +200,26 @@ def test_real_data_studies_need_an_existing_root(tmp_path):
     )
     with pytest.raises(StudyError, match="ood.data.init_args.root .*imagenet does not exist"):
         check_study(ood)
+
+
+def test_the_data_modules_own_checks_run_before_training(tmp_path):
+    both = load_study(
+        None, ["--data.root", str(tmp_path)], config={"name": "u", "run": RUN, "variants": ["APS"]}
+    )
+    with pytest.raises(
+        StudyError, match=r"run.data: FastMRIDataModule: root=.* and synthetic=True exclude each other"
+    ):
+        check_study(both)
+    # the OOD set: the ImageNet folder if given, else the bundled images (never both, never neither)
+    ood = {"data": {"class_path": "equinet.data.ImageNetShiftDataModule", "init_args": {"crop_size": 32}}}
+    assert study(ood=ood).ood_data()["init_args"]["synthetic"] is True
+    given = load_study(
+        None,
+        ["--ood.data.root", str(tmp_path)],
+        config={"name": "u", "run": RUN, "variants": ["APS"], "ood": ood},
+    )
+    assert given.ood_data()["init_args"] == {"crop_size": 32, "root": str(tmp_path), "synthetic": False}
+    assert given.ood_config("APS")["data"] == given.ood_data()
 
 
 def test_a_study_folder_of_other_settings_is_refused_naming_the_keys(tmp_path):
