@@ -31,8 +31,13 @@ from equinet.study.variants import STUDY_VARIANTS, VARIANT_DESCRIPTIONS
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="equinet study",
-        description=__doc__.split("\n\n")[0],
-        epilog="Other --key value pairs override the study's run config (see `equinet fit --help`).",
+        description="Train every sampling-strategy variant of a study under one budget, test each for "
+        "reconstruction and shift equivariance (in and out of distribution), measure its cost, and write "
+        "results.csv, results.md and figures/.",
+        epilog="examples:\n"
+        + __doc__.split("\n\n")[1]
+        + "\n\nOther --key value pairs override the study's run "
+        "config (see `equinet fit --help`), or the study's own keys (--ood.data.root, --cost.repeats, ...).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", "-c", type=Path, help="study config (experiments/study/<name>.yaml)")
