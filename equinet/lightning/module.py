@@ -202,7 +202,7 @@ class ReconstructionModule(pl.LightningModule):
             volumes = merge_records_by_volume(volumes, extra["volumes"])
             images = extra["images"]
             meta.update(extra["meta"])
-        groups = volume_groups(self._trainer, stage)
+        groups = volume_groups(trainer, stage)
         for v in volumes:
             if v["fname"] in groups:
                 v["group"] = groups[v["fname"]]
