@@ -1,6 +1,7 @@
 """The ``equinet`` command.
 
 ``equinet fit|validate|test|predict ...`` is a LightningCLI (``equinet.lightning.cli``);
+``equinet study ...`` compares sampling strategies trained under one budget (the paper's tables);
 ``equinet data ...`` creates/inspects datasets; ``equinet equivariance`` prints the
 shift-equivariance comparison of randomly initialised U-Nets for every strategy.
 """
@@ -17,6 +18,7 @@ from equinet.errors import one_line_errors
 SUBCOMMANDS = {
     "data": "equinet.data.cli:main",
     "equivariance": "equinet.study:equivariance_main",
+    "study": "equinet.study:study_main",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -24,10 +26,12 @@ USAGE = """usage: equinet <command> [options]
 
 commands:
   fit | validate | test | predict   train/evaluate with the Lightning CLI (see `equinet fit --help`)
+  study                             train every sampling strategy under one budget: tables + figures
   data                              create synthetic datasets in the real file formats (`equinet data --help`)
   equivariance                      shift-equivariance table of random U-Nets for every strategy
 
 examples:
+  equinet study --config experiments/study/demo.yaml
   equinet fit --config experiments/configs/synthetic/aps.yaml
   equinet fit --config experiments/configs/fastmri/aps.yaml --data.root /data/knee --ckpt_path last
   equinet test --config experiments/configs/fastmri/aps.yaml --data.root /data/knee --ckpt_path last

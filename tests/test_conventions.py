@@ -176,4 +176,5 @@ def test_a_python_made_module_stores_no_objects():
     from test_lightning_fixtures import TinyNet
 
     module = ReconstructionModule(network=TinyNet(), optimizer=torch.optim.SGD)
-    assert set(module.hparams) == {"loss", "lr_scheduler", "output_clamp"}  # lr_scheduler=None is plain data
+    # lr_scheduler=None and shift_augmentation=0 are plain data
+    assert set(module.hparams) == {"loss", "lr_scheduler", "output_clamp", "shift_augmentation"}

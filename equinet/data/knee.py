@@ -15,7 +15,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as etree
 from collections import Counter
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -34,6 +34,9 @@ from equinet.data.common import (
 )
 from equinet.data.mri import MriSliceTransform, make_mask_func
 from equinet.data.synthetic import KNEE_ACQUISITIONS, write_knee_dataset
+
+# fastMRI knee acquisitions -> the group names of the APS-U paper's Table 1
+ACQUISITION_GROUPS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "PDFS"}
 
 
 class CheckedSliceDataset(SliceDataset):
@@ -288,6 +291,16 @@ class FastMRIDataModule(ReconDataModule):
             folder,
         )
         return dataset
+
+    def volume_groups(self, stage: str) -> Dict[str, str]:
+        """``{volume file name: "PD" | "PDFS"}`` of the ``stage``'s split, from each file's
+        ``acquisition`` attribute (``CORPD_FBK`` / ``CORPDFS_FBK``), for the per-acquisition
+        metrics of the APS-U paper's Table 1; volumes with another acquisition are left out."""
+        dataset = {"val": self.val_set, "validate": self.val_set, "test": self.test_set}.get(stage)
+        if dataset is None:
+            return {}
+        return {s.fname.name: ACQUISITION_GROUPS[s.metadata.get("acquisition")] for s in dataset.raw_samples
+                if s.metadata.get("acquisition") in ACQUISITION_GROUPS}
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.root is None:

@@ -22,11 +22,14 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from equinet.data.types import ReconSample
 from equinet.lightning.callbacks import EquivarianceEvaluation, _batch, find_callback
 from equinet.lightning.evaluation import (
     batch_keys,
+    circular_shift_per_sample,
     denormalise,
     gather_unique,
+    group_means,
     slice_records,
     summarise,
     volume_metrics,
@@ -57,6 +60,11 @@ class ReconstructionModule(pl.LightningModule):
             fastMRI's ``UnetDataTransform`` clamps inputs and targets to. Training sees the raw
             output (a clamp there would zero the gradient of out-of-range pixels). ``None``
             disables it.
+        shift_augmentation: data augmentation by random circular shifts (the APS-U paper's
+            "DA"): each training sample's input and target are rolled by the same shift, drawn
+            uniformly from ``[-shift_augmentation, shift_augmentation]^2`` (the paper: 16) with
+            the seeded torch RNG (checkpointed by :class:`~equinet.lightning.ResumableRNG`).
+            Validation, test and predict inputs are never shifted. ``0`` (default) disables it.
 
     Validation logs ``val/loss``, ``val/nmse``, ``val/psnr``, ``val/ssim`` (means over volumes,
     exact under DDP); test logs the same under ``test/`` plus the equivariance metrics of an
@@ -71,6 +79,7 @@ class ReconstructionModule(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         output_clamp: Optional[float] = 6.0,
+        shift_augmentation: int = 0,
     ) -> None:
         super().__init__()
         # Checkpoints hold plain data only, so they load with torch.load(weights_only=True): the
@@ -78,7 +87,8 @@ class ReconstructionModule(pl.LightningModule):
         # the equinet CLI records its configs so, and this __init__ rebuilds them), never as the
         # objects built in Python -- pass those again to load_from_checkpoint.
         given = {"network": network, "optimizer": optimizer, "lr_scheduler": lr_scheduler}
-        self.save_hyperparameters("loss", "output_clamp", *[k for k, v in given.items() if _plain_data(v)])
+        self.save_hyperparameters("loss", "output_clamp", "shift_augmentation",
+                                  *[k for k, v in given.items() if _plain_data(v)])
         network = from_config(network, nn.Module)
         optimizer = from_config(optimizer, OptimizerCallable)
         lr_scheduler = from_config(lr_scheduler, LRSchedulerCallable)
@@ -88,11 +98,14 @@ class ReconstructionModule(pl.LightningModule):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
         if output_clamp is not None and output_clamp <= 0:
             raise ValueError(f"output_clamp must be positive or None, got {output_clamp}")
+        if type(shift_augmentation) is not int or shift_augmentation < 0:
+            raise ValueError(f"shift_augmentation must be an int >= 0 (pixels), got {shift_augmentation!r}")
         self.network = network
         self.loss_name = loss
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.output_clamp = output_clamp
+        self.shift_augmentation = shift_augmentation
         if loss == "ssim":
             from fastmri.losses import SSIMLoss
 
@@ -122,8 +135,20 @@ class ReconstructionModule(pl.LightningModule):
         data_range = torch.as_tensor(b.max_value, dtype=out.dtype, device=out.device).reshape(-1).expand(out.shape[0])
         return self.ssim_loss(out, tgt, data_range, reduced=False).flatten(1).mean(dim=1)
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def augment(self, batch: Any) -> ReconSample:
+        """The training batch with input and target circularly shifted together, one random
+        shift per sample in ``[-shift_augmentation, shift_augmentation]^2`` (identity if 0)."""
         b = _batch(batch)
+        if not self.shift_augmentation:
+            return b
+        s = self.shift_augmentation
+        dims = b.input.dim() - 2
+        shifts = torch.randint(-s, s + 1, (b.input.shape[0], dims))  # the seeded global CPU RNG
+        return b._replace(input=circular_shift_per_sample(b.input, shifts),
+                          target=circular_shift_per_sample(b.target, shifts))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        b = self.augment(batch)
         loss = self.per_sample_loss(self(b.input), b).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=b.input.shape[0])
         return loss
@@ -177,7 +202,12 @@ class ReconstructionModule(pl.LightningModule):
             volumes = merge_records_by_volume(volumes, extra["volumes"])
             images = extra["images"]
             meta.update(extra["meta"])
+        groups = volume_groups(trainer, stage)
+        for v in volumes:
+            if v["fname"] in groups:
+                v["group"] = groups[v["fname"]]
         summary = summarise(volumes, images)
+        summary.update(group_means(volumes))
         # Lightning logs these at the step given by a logged "step" metric: the training step that
         # is evaluated, which the image panels of this evaluation use too
         self.log("step", float(self.evaluation_step), sync_dist=True)
@@ -236,6 +266,14 @@ def _describe(module: ReconstructionModule) -> str:
     if args is None:
         args = {k: getattr(net, k) for k in ("sampling", "sampling_kwargs", "widths") if hasattr(net, k)}
     return f"{type(net).__name__}(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")"
+
+
+def volume_groups(trainer: Optional[pl.Trainer], stage: str) -> Dict[str, str]:
+    """``{fname: group}`` from the DataModule's ``volume_groups(stage)`` if it has one (fastMRI: the
+    acquisition, PD or PDFS), so reports can split the metrics by group."""
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    method = getattr(datamodule, "volume_groups", None)
+    return dict(method(stage)) if callable(method) else {}
 
 
 def describe_data(datamodule: Any) -> str:

@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from equinet.models.iunet import iUNet  # noqa: E402
+from equinet.study.cost import peak_bytes  # noqa: E402  (shared with the study's cost columns)
 
 
 def build(depth: int, plain: bool, args) -> iUNet:
@@ -67,34 +68,6 @@ def training_step(
         for p in model.parameters():
             if p.grad is not None:
                 p.add_(p.grad, alpha=-lr)
-
-
-def _walk(nodes):
-    for n in nodes:
-        yield n
-        yield from _walk(n.children)
-
-
-def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    """Peak tensor memory allocated while ``fn`` runs, relative to before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    totals = [
-        e.extra_fields.total_allocated
-        for e in _walk(prof.profiler.kineto_results.experimental_event_tree())
-        if e.tag == _EventType.Allocation and str(e.extra_fields.device) == "cpu"
-    ]
-    return max([0] + totals)
 
 
 def saved_bytes(fn: Callable[[], None]) -> int:

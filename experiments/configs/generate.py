@@ -1,4 +1,5 @@
-"""Write ``experiments/configs/<dataset>/<strategy>.yaml`` from the two tables below.
+"""Write ``experiments/configs/<dataset>/<strategy>.yaml`` (and ``experiments/study/<name>.yaml``)
+from the tables below.
 
 Every config is a complete, self-contained file a user can read and pass alone
 (``equinet fit --config experiments/configs/fastmri/aps.yaml``); the shared parts live here
@@ -121,12 +122,109 @@ def expected_files() -> Dict[Path, str]:
     return {HERE / ds / f"{st}.yaml": render(ds, st) for ds in DATASETS for st in STRATEGIES}
 
 
+# --------------------------------------------------------------------------------------------
+# studies: experiments/study/<name>.yaml (`equinet study --config ...`)
+# --------------------------------------------------------------------------------------------
+STUDY_DIR = HERE.parent / "study"
+PAPER_VARIANTS = ["baseline", "baseline+DA", "LPF-2", "LPF-3", "LPF-5", "APS", "APS-2", "APS-3", "APS-5",
+                  "LPS", "orthogonal", "orthogonal-adaptive", "iUNet"]
+IMAGENET = "equinet.data.ImageNetShiftDataModule"
+
+STUDIES: Dict[str, Dict[str, Any]] = {
+    "demo": {
+        "comment": "The demo (`make demo`): synthetic knee volumes in the real fastMRI format, small\n"
+                   "U-Nets, one CPU thread, minutes on a quiet 2-core machine. Every variant learns\n"
+                   "(>= 1 dB over the zero-filled input), APS/LPS/orthogonal-adaptive are exactly shift-\n"
+                   "equivariant, the trained baseline is not, LPF lies between (the APS-U paper's picture).",
+        "dataset": "synthetic",
+        "variants": ["baseline", "baseline+DA", "LPF-3", "APS", "LPS", "orthogonal", "orthogonal-adaptive",
+                     "iUNet"],
+        "threads": 1,
+        "run": {"trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.max_epochs": 16,
+                "trainer.check_val_every_n_epoch": 4, "trainer.log_every_n_steps": 8,
+                "trainer.enable_model_summary": False, "model.network.init_args.channels": 8,
+                "model.network.init_args.depth": 3, "model.optimizer.init_args.lr": 3e-3,
+                "model.lr_scheduler": {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                                       "init_args": {"T_max": 16}},
+                "data.init_args.crop_size": 64, "data.init_args.batch_size": 8,
+                "data.init_args.synthetic_volumes": 16, "data.init_args.synthetic_slices": 8,
+                "data.init_args.synthetic_size": 64, "images.every_n_epochs": 0},
+        "ood": {"root": None, "synthetic": True, "num_images": 16, "crop_size": 64, "forward_model": "mri",
+                "batch_size": 8, "synthetic_num": 16, "synthetic_size": 96},
+        "cost": {"reference": "baseline", "repeats": 5, "warmup": 1},
+    },
+    "fastmri": {
+        "comment": "The APS-U paper's fastMRI study (Tables 1-3): every variant with the paper's recipe\n"
+                   "(experiments/configs/fastmri/*.yaml) on fastMRI single-coil knee, PD/PDFS split, OOD on\n"
+                   "ImageNet val. Needs --data.root (singlecoil_train/, singlecoil_val/); pass\n"
+                   "--ood.data.init_args.root /path/to/imagenet/val for the paper's 1000 ImageNet images\n"
+                   "(default: images bundled with scikit-image, in ImageNet's JPEG layout).",
+        "dataset": "fastmri",
+        "variants": PAPER_VARIANTS,
+        "threads": None,
+        "requires_root": True,
+        "run": {},
+        "ood": {"root": None, "synthetic": True, "num_images": 1000, "crop_size": 320, "forward_model": "mri",
+                "batch_size": 16, "num_workers": 8},
+        "cost": {"reference": "baseline", "repeats": 7, "warmup": 2},
+    },
+    "lodopab": {
+        "comment": "The APS-U paper's LoDoPaB-CT study (Table 4) plus OOD equivariance through the CT\n"
+                   "forward model: every variant with the paper's recipe (experiments/configs/lodopab/*).\n"
+                   "Needs --data.root (ground_truth_*/observation_* HDF5 files); FBPs are cached once.",
+        "dataset": "lodopab",
+        "variants": PAPER_VARIANTS,
+        "threads": None,
+        "requires_root": True,
+        "run": {},
+        "ood": {"root": None, "synthetic": True, "num_images": 1000, "crop_size": 352, "forward_model": "ct",
+                "batch_size": 8, "num_workers": 8},
+        "cost": {"reference": "baseline", "repeats": 7, "warmup": 2},
+    },
+}
+
+
+def _set(config: Dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[leaf] = value
+
+
+def build_study(name: str) -> Dict[str, Any]:
+    """The study config ``name``: the dataset's maxpool (baseline) config as its run config."""
+    spec = STUDIES[name]
+    run = build(spec["dataset"], "maxpool")
+    del run["trainer"]["default_root_dir"]  # the study places every run in its own folder
+    for key, value in spec["run"].items():
+        _set(run, key, value)
+    study: Dict[str, Any] = {"name": name, "requires_root": spec.get("requires_root", False),
+                             "threads": spec["threads"], "variants": list(spec["variants"]), "run": run}
+    study["ood"] = {"data": {"class_path": IMAGENET, "init_args": dict(spec["ood"])}, "num_dpsnr_shifts": 0}
+    study["cost"] = dict(spec["cost"])
+    study["examples"] = {"shift": [8, 5], "index": None}
+    return study
+
+
+def render_study(name: str) -> str:
+    root = "" if not STUDIES[name].get("requires_root") else " --data.root /path/to/data"
+    header = [f"# equinet study: {name}"] + [f"# {line}" for line in STUDIES[name]["comment"].splitlines()]
+    header += [f"# Run: equinet study --config experiments/study/{name}.yaml{root}",
+               "# Generated by experiments/configs/generate.py (edit the tables there, then re-run it)."]
+    body = yaml.safe_dump(build_study(name), sort_keys=False, default_flow_style=False, width=100)
+    return "\n".join(header) + "\n" + body
+
+
+def expected_study_files() -> Dict[Path, str]:
+    return {STUDY_DIR / f"{name}.yaml": render_study(name) for name in STUDIES}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if any file differs instead of writing")
     args = parser.parse_args(argv)
     stale = []
-    for path, text in expected_files().items():
+    for path, text in {**expected_files(), **expected_study_files()}.items():
         if path.exists() and path.read_text() == text:
             continue
         stale.append(path)
