@@ -322,6 +322,11 @@ def results_markdown(
     if figures:
         lines += ["", "## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures]
     lines += ["", "## Columns (results.csv)", ""] + [f"- `{k}`: {v}" for k, v in COLUMN_HELP.items()]
+    if groups_of(rows):
+        lines.append(
+            "- `<column>_<group>`: the same over the volumes of one acquisition (pd: CORPD_FBK, "
+            "pdfs: CORPDFS_FBK)"
+        )
     lines += [
         "",
         "## Runs",
@@ -334,11 +339,6 @@ def results_markdown(
         "--ckpt_path last",
         "```",
     ]
-    if groups_of(rows):
-        lines.append(
-            "- `<column>_<group>`: the same over the volumes of one acquisition (pd: CORPD_FBK, "
-            "pdfs: CORPDFS_FBK)"
-        )
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
