@@ -347,7 +347,7 @@ def test_saved_activations_do_not_grow_with_depth_and_plain_does():
             net = make(architecture=(depth,) * 3, disable_custom_gradient=not custom)
             saved[(depth, custom)] = _saved_bytes(net, x)
     assert saved[(1, True)] == saved[(4, True)] == x.numel() * 4  # only the output
-    assert saved[(4, False)] > 2.5 * saved[(1, False)] > 10 * saved[(1, True)]
+    assert saved[(4, False)] > 2 * saved[(1, False)] > 10 * saved[(1, True)]
 
 
 def test_user_tensors_are_never_resized_or_modified():
