@@ -28,6 +28,9 @@ __all__ = [
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
+# See AdditiveCoupling: F is recomputed on sub-batches of about this many input elements.
+SUB_BATCH_ELEMENTS = 1 << 17
+
 
 class AdditiveCoupling(nn.Module):
     """Additive coupling (NICE; Jacobsen et al. 2018, as used in the iUNet paper, Sec. 4).
@@ -46,30 +49,58 @@ class AdditiveCoupling(nn.Module):
     # The pair methods work on the two halves as separate tensors, so that a chain of couplings
     # (whose splits line up: see create_standard_module) never concatenates; ``inplace`` lets
     # them update a half in place when the caller owns its memory and no graph is recorded.
+    #
+    # Without a graph (and when back-propagating by inversion) F runs on sub-batches of about
+    # SUB_BATCH_ELEMENTS input elements (at least one sample): its intermediate activations, and
+    # in the backward pass its graph, then take the memory of one sub-batch, not of the batch.
+    # F treats samples independently (no batch statistics, checked), so only memory changes, and
+    # every pass uses the same sub-batches: a recomputed F(x2) equals the forward's bit for bit.
+
+    def _sub_batches(self, x: torch.Tensor) -> List[slice]:
+        step = max(1, SUB_BATCH_ELEMENTS // max(1, x[:1].numel()))
+        if step >= x.shape[0] or unsupported_for_inversion(self.F):
+            return [slice(None)]
+        return [slice(b, b + step) for b in range(0, x.shape[0], step)]
 
     def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, inplace: bool = False):
         """``(x1, x2) -> (x2, x1 + F(x2))``."""
+        if inplace and not torch.is_grad_enabled():
+            for s in self._sub_batches(x2):
+                x1[s].add_(self.F(x2[s]))
+            return x2, x1
         f = self.F(x2)
         return x2, (x1.add_(f) if inplace else x1 + f)
 
     def inverse_pair(self, y1: torch.Tensor, y2: torch.Tensor, inplace: bool = False):
         """``(y1, y2) -> (y2 - F(y1), y1)``."""
+        if inplace and not torch.is_grad_enabled():
+            for s in self._sub_batches(y1):
+                y2[s].sub_(self.F(y1[s]))
+            return y2, y1
         f = self.F(y1)
         return (y2.sub_(f) if inplace else y2 - f), y1
 
     def backward_pair(self, y1, y2, grad_y1, grad_y2, params, inplace: bool = False, inplace_grad: bool = False):
         """Reconstruct ``(x1, x2)`` from ``(y1, y2)`` and back-propagate, evaluating ``F`` once
         (RevNet trick): ``x2 = y1`` bit for bit, so ``F(x2)`` equals the forward's value;
-        ``grad_x1 = grad_y2`` and ``grad_x2 = grad_y1 + (dF/dx2)^T grad_y2``.
+        ``grad_x1 = grad_y2`` and ``grad_x2 = grad_y1 + (dF/dx2)^T grad_y2``. ``inplace`` /
+        ``inplace_grad``: ``x1`` / ``grad_x2`` overwrite ``y2`` / ``grad_y1``.
         Returns ``(x1, x2, grad_x1, grad_x2, grad_params)``."""
-        with torch.enable_grad():
-            x2 = y1.detach().requires_grad_(True)
-            f = self.F(x2)
-        grads = torch.autograd.grad(f, [x2, *params], grad_y2, allow_unused=True)
-        # only now (the graph is spent) may y2 / grad_y1, which can share memory with x2, change
-        x1 = y2.sub_(f.detach()) if inplace else y2 - f.detach()
-        grad_x2 = grad_y1 if grads[0] is None else (grad_y1.add_(grads[0]) if inplace_grad else grad_y1 + grads[0])
-        return x1, y1, grad_y2, grad_x2, tuple(grads[1:])
+        x1 = y2 if inplace else y2.clone()
+        grad_x2 = grad_y1 if inplace_grad else grad_y1.clone()
+        grad_params: List[Optional[torch.Tensor]] = [None] * len(params)
+        for s in self._sub_batches(y1):
+            with torch.enable_grad():
+                x2 = y1[s].detach().requires_grad_(True)
+                f = self.F(x2)
+            grads = torch.autograd.grad(f, [x2, *params], grad_y2[s], allow_unused=True)
+            # only now (this graph is spent) may x1 / grad_x2, which can share memory with x2, change
+            x1[s].sub_(f.detach())
+            del f
+            if grads[0] is not None:
+                grad_x2[s].add_(grads[0])
+            grad_params = [g if a is None else a if g is None else a + g for a, g in zip(grad_params, grads[1:])]
+        return x1, y1, grad_y2, grad_x2, tuple(grad_params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.forward_pair(x[:, : self.split], x[:, self.split :]), dim=1)
@@ -204,11 +235,24 @@ class InvertibleChannelMixing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        return torch.matmul(self.matrix(x.dtype), _pixels(x)).view(x.shape)
+        return _mix(self.matrix(x.dtype), x)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y)
-        return torch.matmul(self.matrix(y.dtype).t(), _pixels(y)).view(y.shape)
+        return _mix(self.matrix(y.dtype).t(), y)
+
+    def forward_chunks(self, chunks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` of the channel concatenation of ``chunks`` without concatenating them
+        (autograd keeps the chunks, which the blocks before keep anyway, not a copy of them)."""
+        q = self.matrix(chunks[0].dtype)
+        out, start = None, 0
+        for c in chunks:
+            part = q[:, start : start + c.shape[1]].expand(c.shape[0], -1, -1)
+            out = torch.bmm(part, _pixels(c)) if out is None else out.baddbmm_(part, _pixels(c))
+            start += c.shape[1]
+        if start != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects {self.in_channels} channels, got chunks of {start}")
+        return out.view(chunks[0].shape[0], self.in_channels, *chunks[0].shape[2:])
 
     def _mix_in_place(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         pixels = _pixel_view(x)
@@ -244,6 +288,13 @@ class InvertibleChannelMixing(nn.Module):
             gxs[:, :, s] = gxp
         grads = torch.autograd.grad(q, list(params), grad_q, allow_unused=True) if params else ()
         return x, grad_x, grads
+
+
+def _mix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix @ x`` at every pixel, as a batched matrix product: autograd keeps ``x`` itself
+    (a 2D @ 3D ``matmul`` would keep a transposed copy of it)."""
+    pixels = _pixels(x)
+    return torch.bmm(matrix.expand(x.shape[0], *matrix.shape), pixels).view(x.shape)
 
 
 def _pixels(t: torch.Tensor) -> torch.Tensor:

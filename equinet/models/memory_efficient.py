@@ -145,6 +145,9 @@ class _Workspace:
         """``module.<method>(top, *extra)``; in place via ``<method>_in_place`` where the module has it,
         otherwise its result is copied back into the top's memory (same shape)."""
         if not self.in_place:
+            by_chunks = getattr(module, method + "_chunks", None)
+            if by_chunks is not None and len(chunks) > 1:
+                return by_chunks(chunks, *extra)
             return getattr(module, method)(self.join(chunks), *extra)
         (x,) = self.writable(chunks, whole=True)
         in_place = getattr(module, method + "_in_place", None)
@@ -216,9 +219,10 @@ class InvertibleProgram:
                 chunks[-1] = (ws.call(step.module, "forward", chunks[-1], offset),)
             elif step.kind == "split":
                 chunks += [(t,) for t in ws.halves(chunks.pop(), step.split)]
-            else:  # concat
+            else:  # concat (a view in place; with autograd a concatenation, which it keeps)
                 top = chunks.pop()
-                chunks.append(chunks.pop() + top)
+                skip = chunks.pop()
+                chunks.append(skip + top if ws.in_place else (ws.join(skip + top),))
         return [ws.join(c) for c in chunks]
 
     def run_inverse(self, stack: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -254,11 +258,13 @@ class InvertibleProgram:
     ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
         """Walk the steps backwards from the program's outputs: reconstruct each step's input
         by inversion and back-propagate through that step only, in place (:class:`_Workspace`:
-        ``outputs`` and ``grad_outputs`` are copied once, never written). Returns (input grads,
-        param grads)."""
+        ``outputs`` and ``grad_outputs`` are copied once, never written; a list of outputs is
+        emptied, so that they can be freed early). Returns (input grads, param grads)."""
         ws = _Workspace(in_place=True)
         vals: List[Chunks] = [(o.detach(),) for o in outputs]
         grads: List[Chunks] = [(g,) for g in grad_outputs]
+        if isinstance(outputs, list):
+            outputs.clear()  # (the caller's references: each output can go as soon as it is copied)
         index: Dict[int, int] = {id(p): i for i, p in enumerate(params)}
         pgrads: List[Optional[torch.Tensor]] = [None] * len(params)
         offsets = list(offsets)
@@ -335,11 +341,19 @@ def _fresh_outputs(outs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor])
     return fresh
 
 
+def _graph_kept() -> bool:
+    """Whether the running backward pass keeps the graph (``retain_graph``/``create_graph``)."""
+    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if query is None else bool(query())
+
+
 class MemoryEfficientBackprop(torch.autograd.Function):
     """``apply(program, n_inputs, *inputs, *params) -> outputs`` with backward by inversion.
 
     ``params`` must be ``program.params()`` (they are inputs only so that autograd routes their
-    gradients here). Only the outputs are saved for backward.
+    gradients here). The outputs are kept for backward -- referenced, not saved, so that the
+    backward pass can let go of them once it has copied them (unless the graph is retained);
+    an output changed in place before backward is detected, as autograd does for saved tensors.
     """
 
     @staticmethod
@@ -356,17 +370,32 @@ class MemoryEfficientBackprop(torch.autograd.Function):
         device = inputs[0].device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.params = params  # the module's own parameters (alive anyway); not saved tensors
-        ctx.save_for_backward(*outs)
-        ctx.n_outputs = len(outs)
+        ctx.outputs = [o.detach() for o in outs]  # aliases: same memory and version counter
+        ctx.versions = [o._version for o in outs]
         return tuple(outs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grad_outputs: torch.Tensor):
-        outs, params = ctx.saved_tensors, ctx.params
+        if ctx.outputs is None:
+            raise RuntimeError(
+                "Trying to backward through the memory-efficient iUNet a second time: its output was "
+                "released after the first backward. Specify retain_graph=True the first time."
+            )
+        outs = list(ctx.outputs)
+        changed = [(i, t._version, v) for i, (t, v) in enumerate(zip(outs, ctx.versions)) if t._version != v]
+        if changed:
+            i, now, then = changed[0]
+            raise RuntimeError(
+                f"output {i} of the memory-efficient iUNet was modified by an inplace operation before "
+                f"backward (version {now}, expected {then}); the gradient needs it unchanged "
+                "(clone it before modifying it)"
+            )
+        if not _graph_kept():
+            ctx.outputs = None
         grads = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, grad_outputs)]
         device, enabled, dtype = ctx.autocast
         with torch.autocast(device_type=device, dtype=dtype, enabled=enabled):
-            in_grads, pgrads = ctx.program.backward(outs, grads, ctx.offsets, params)
+            in_grads, pgrads = ctx.program.backward(outs, grads, ctx.offsets, ctx.params)
         in_grads = [g if need else None for g, need in zip(in_grads, ctx.needs_input_grad[2 : 2 + ctx.n_inputs])]
         return (None, None, *in_grads, *pgrads)
