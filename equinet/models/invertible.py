@@ -31,6 +31,13 @@ _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 # See AdditiveCoupling: F is recomputed on sub-batches of about this many input elements.
 SUB_BATCH_ELEMENTS = 1 << 17
 
+# Module types that may make a block depend on the batch or on chance (see unsupported_for_inversion).
+SUSPECT_TYPES = (
+    nn.modules.dropout._DropoutNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
 
 class AdditiveCoupling(nn.Module):
     """Additive coupling (NICE; Jacobsen et al. 2018, as used in the iUNet paper, Sec. 4).
@@ -58,7 +65,11 @@ class AdditiveCoupling(nn.Module):
 
     def _sub_batches(self, x: torch.Tensor) -> List[slice]:
         step = max(1, SUB_BATCH_ELEMENTS // max(1, x[:1].numel()))
-        if step >= x.shape[0] or unsupported_for_inversion(self.F):
+        if step >= x.shape[0]:
+            return [slice(None)]
+        if getattr(self, "_suspects", None) is None:  # (found once; their .training is read each time)
+            self._suspects = [m for m in self.F.modules() if isinstance(m, SUSPECT_TYPES)]
+        if any(unsupported_for_inversion(m) for m in self._suspects):
             return [slice(None)]
         return [slice(b, b + step) for b in range(0, x.shape[0], step)]
 
@@ -91,7 +102,7 @@ class AdditiveCoupling(nn.Module):
         grad_params: List[Optional[torch.Tensor]] = [None] * len(params)
         for s in self._sub_batches(y1):
             with torch.enable_grad():
-                x2 = y1[s].detach().requires_grad_(True)
+                x2 = y1[s].detach().contiguous().requires_grad_(True)
                 f = self.F(x2)
             grads = torch.autograd.grad(f, [x2, *params], grad_y2[s], allow_unused=True)
             # only now (this graph is spent) may x1 / grad_x2, which can share memory with x2, change
@@ -256,8 +267,9 @@ class InvertibleChannelMixing(nn.Module):
 
     def _mix_in_place(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         pixels = _pixel_view(x)
+        batched = matrix.expand(x.shape[0], *matrix.shape)
         for s in piece_slices(pixels.shape[2], pixels.shape[0] * pixels.shape[1], x.device, in_place=True):
-            pixels[:, :, s] = torch.matmul(matrix, pixels[:, :, s])
+            pixels[:, :, s] = torch.bmm(batched, pixels[:, :, s])
         return x
 
     def forward_in_place(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,15 +287,15 @@ class InvertibleChannelMixing(nn.Module):
         over pixel ranges; ``in_place``: ``x`` and ``grad_x`` overwrite ``y`` and ``grad_y``."""
         with torch.enable_grad():
             q = self.matrix(y.dtype)
-        qt = q.detach().t()
+        qt = q.detach().t().expand(y.shape[0], *q.shape)
         x, grad_x = (y, grad_y) if in_place else (torch.empty_like(y), torch.empty_like(grad_y))
-        grad_q = torch.zeros_like(qt) if params else None
+        grad_q = q.new_zeros(q.shape) if params else None
         ys, gs, xs, gxs = _pixels(y), _pixels(grad_y), _pixel_view(x), _pixel_view(grad_x)
         for s in piece_slices(ys.shape[2], ys.shape[0] * ys.shape[1], y.device, in_place):
-            xp, gp = torch.matmul(qt, ys[:, :, s]), gs[:, :, s]
+            xp, gp = torch.bmm(qt, ys[:, :, s]), gs[:, :, s]
             if grad_q is not None:
-                grad_q += torch.matmul(gp, xp.transpose(1, 2)).sum(0)
-            gxp = torch.matmul(qt, gp)
+                grad_q += torch.bmm(gp, xp.transpose(1, 2)).sum(0)
+            gxp = torch.bmm(qt, gp)
             xs[:, :, s] = xp
             gxs[:, :, s] = gxp
         grads = torch.autograd.grad(q, list(params), grad_q, allow_unused=True) if params else ()

@@ -44,7 +44,6 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from equinet.sampling.base import Downsample, Upsample, as_tuple, register_strategy
