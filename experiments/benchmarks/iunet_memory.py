@@ -183,6 +183,10 @@ def main(argv=None) -> Dict[str, float]:
         "me_activation_growth": growth_activations,
         "plain_peak_growth": memory[("equinet", "plain", d1)]["peak"] / memory[("equinet", "plain", d0)]["peak"],
         "time_overhead": max(statistics.median(times[d]) for d in args.depths),
+        "me_vs_memcnn": {d: memory[("equinet", "memory-efficient", d)]["peak"] / MIB / anchors["memcnn"][d]
+                         for d in args.depths if d in anchors["memcnn"]},
+        "plain_vs_iunets": {d: memory[("equinet", "plain", d)]["peak"] / MIB / anchors["iunets plain"][d]
+                            for d in args.depths if d in anchors["iunets plain"]},
     }
 
 
