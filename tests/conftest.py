@@ -53,3 +53,11 @@ def imagenet(tmp_path_factory):
     from _data_helpers import imagenet_root
 
     return imagenet_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def independent_knee(tmp_path_factory):
+    """fastMRI single-coil files of natural images written without equinet (``_independent_data``)."""
+    from _independent_data import write_fastmri_root
+
+    return write_fastmri_root(tmp_path_factory.getbasetemp() / "independent-data" / "knee")

@@ -104,12 +104,12 @@ def test_cli_refuses_checkpoints_that_unpickle_code(toy_config, tmp_path):
 
     import torch
 
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "checkpoints").mkdir(parents=True)
     torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": _Evil()},
-               tmp_path / "run" / "checkpoints" / "last.ckpt")
+               tmp_path / "runs" / "a" / "checkpoints" / "last.ckpt")
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        run_cli("fit", "--config", toy_config, "--trainer.default_root_dir", str(tmp_path / "run"),
-                "--trainer.logger", "false", "--ckpt_path", "last")
+        run_cli("fit", "--config", toy_config, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                "--run.name", "a", "--trainer.logger", "false", "--ckpt_path", "last")
 
 
 def test_short_class_names_resolve(tmp_path):

@@ -91,7 +91,8 @@ def data_dir(tmp_path_factory):
 
 
 def _fit_then_test(config: Path, run_dir: Path, *extra: str):
-    common = ["--config", str(config), "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar",
+    common = ["--config", str(config), "--trainer.default_root_dir", str(run_dir.parent), "--run.name", run_dir.name,
+              "--trainer.enable_progress_bar",
               "false", "--trainer.logger", "pytorch_lightning.loggers.CSVLogger", "--trainer.logger.save_dir",
               str(run_dir), *extra]
     run_cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.callbacks", "[]")
@@ -149,7 +150,7 @@ def test_real_data_config_runs_with_max_steps_and_root_overrides(config, real_fo
     run_dir = tmp_path / "run"
     run_cli("fit", "--config", str(config), "--data.root", str(real_format_roots[config.parent.name]),
             "--trainer.max_steps", "1", "--model.network.init_args.channels", "4", "--data.init_args.num_workers",
-            "0", "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
+            "0", "--trainer.default_root_dir", str(tmp_path), "--run.name", "run", "--trainer.enable_progress_bar", "false",
             "--trainer.callbacks", "[]")
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 1

@@ -278,7 +278,10 @@ def test_lodopab_missing_observation_and_mismatched_geometry(lodopab, tmp_path):
         lodopab_dm(root, tmp_path).setup()
     root = copy_dataset(lodopab, tmp_path / "b")
     rewrite_h5(root / "observation_test_000.hdf5", replace={"data": np.zeros((4, 10, 45), np.float32)})
-    with pytest.raises(DataFormatError, match=r"observation_test_000.hdf5: shapes .* differ"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"observation_test_000.hdf5: sinograms are 10x45, expected \d+x\d+ \(angles x detector bins\)",
+    ):
         lodopab_dm(root, tmp_path).setup()
 
 
@@ -294,11 +297,19 @@ def test_lodopab_nan_in_observation_fails_the_cache_build(lodopab, tmp_path):
 
 
 def test_lodopab_inf_in_ground_truth_is_reported_on_load(lodopab, tmp_path):
+    """Caught when the file is first checked (setup), and by the per-sample check if the file
+    changes after that."""
     root = copy_dataset(lodopab, tmp_path)
     with h5py.File(root / "ground_truth_test_000.hdf5", "r+") as f:
         f["data"][1, 0, 0] = np.inf
+    with pytest.raises(DataFormatError, match=r"ground_truth_test_000.hdf5 row\(s\) \[1\] contain 1 NaN/inf"):
+        lodopab_dm(root, tmp_path).setup("test")
+    with h5py.File(root / "ground_truth_test_000.hdf5", "r+") as f:
+        f["data"][1, 0, 0] = 0.5
     dm = lodopab_dm(root, tmp_path)
     dm.setup("test")
+    with h5py.File(root / "ground_truth_test_000.hdf5", "r+") as f:
+        f["data"][1, 0, 0] = np.inf
     dm.test_set[0]
     with pytest.raises(DataFormatError, match=r"ground_truth_test_000.hdf5 row 1 contains 1 NaN/inf"):
         dm.test_set[1]

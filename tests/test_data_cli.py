@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -146,3 +147,37 @@ def test_check_reports_bad_input_as_a_clear_error(tmp_path, capsys):
         main(["check", "--kind", "lodopab", "--root", str(tmp_path / "empty")])
     assert exit_info.value.code == 1
     assert "holds no LoDoPaB files" in capsys.readouterr().err
+
+
+def test_fbp_cache_prints_its_summary_once_and_check_builds_the_cache_once(
+    tmp_path, capsys, caplog, monkeypatch
+):
+    out = tmp_path / "lodopab"
+    main(f"synth --kind lodopab --out {out} --num 3 --size 24 --samples-per-file 2".split())
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="equinet.data"):
+        main(["fbp-cache", "--root", str(out), "--backend", "torch"])
+    printed = capsys.readouterr().out
+    summaries = printed.count("FBP cache: ") + caplog.text.count("FBP cache: ")
+    assert summaries == 1 and "computed 5 images" in printed and str(out / "fbp_cache") in printed
+    caplog.clear()
+    builds = []
+    real_build = LoDoPaBDataModule.build_fbp_cache
+    monkeypatch.setattr(
+        LoDoPaBDataModule,
+        "build_fbp_cache",
+        lambda self, *a, **k: builds.append(a) or real_build(self, *a, **k),
+    )
+    with caplog.at_level(logging.INFO, logger="equinet.data"):
+        main(["check", "--kind", "lodopab", "--root", str(out), "--crop-size", "24"])
+    assert len(builds) == 1 and caplog.text.count("FBP cache: ") == 1
+    assert "train: 3 samples" in capsys.readouterr().out
+
+
+def test_synth_lodopab_shows_a_progress_bar(tmp_path):
+    result = run_cli(
+        "synth", "--kind", "lodopab", "--out", str(tmp_path / "l"), "--num", "3", "--size", "16",
+        "--samples-per-file", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "synthetic LoDoPaB:" in result.stderr and "/5 [" in result.stderr  # 3 + 1 + 1 samples

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections import Counter
+from pathlib import Path
 
 import h5py
 import numpy as np
+import platformdirs
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -21,6 +25,7 @@ from equinet.data import (
     LoDoPaBDataModule,
     ReconSample,
     ct,
+    data_dir,
     synthetic,
 )
 from equinet.data.lodopab import LODOPAB_NUM_SAMPLES, scan_lodopab, valid_rows
@@ -136,22 +141,27 @@ def test_full_mask_reproduces_the_target(knee, tmp_path):
         assert float(((u.input - u.target) ** 2).mean()) > 1e-3
 
 
-def test_validation_inputs_match_fastmri_reference_transform(knee, tmp_path):
-    """Same seeded mask, same zero-filled image and normalisation as fastmri's UnetDataTransform."""
-    dm = knee_module(knee, tmp_path)
+@pytest.mark.parametrize("root", ["knee", "independent_knee"])
+def test_validation_inputs_match_fastmri_reference_transform_bit_for_bit(root, request, tmp_path):
+    """Same seeded mask, same zero-filled image and normalisation as fastmri's UnetDataTransform,
+    bit for bit, on equinet's synthetic files and on files written without equinet."""
+    root = request.getfixturevalue(root)
+    dm = knee_module(root, tmp_path, crop_size=32)
     dm.setup("validate")
     reference = SliceDataset(
-        knee / "singlecoil_val",
+        root / "singlecoil_val",
         "singlecoil",
         transform=UnetDataTransform("singlecoil", make_mask_func(), use_seed=True),
     )
-    assert len(reference) == len(dm.val_set)
-    for index in (0, 5, 9):
+    assert len(reference) == len(dm.val_set) >= 6
+    for index in range(len(reference)):
         ours, theirs = dm.val_set[index], reference[index]
         assert (ours.fname, ours.slice_num) == (theirs.fname, theirs.slice_num)
-        torch.testing.assert_close(ours.input[0], theirs.image, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(ours.mean, theirs.mean.float(), rtol=1e-5, atol=0)
-        torch.testing.assert_close(ours.target[0].clamp(-6, 6), theirs.target, rtol=1e-4, atol=1e-4)
+        assert torch.equal(ours.input[0], theirs.image)
+        assert torch.equal(ours.target[0].clamp(-6, 6), theirs.target)  # fastMRI clamps its target
+        assert torch.equal(ours.mean, theirs.mean)
+        assert torch.equal(ours.std, theirs.std + 1e-11)  # ours is the divisor, eps included
+        assert float(ours.max_value) == pytest.approx(theirs.max_value)
 
 
 def test_train_masks_vary_validation_masks_do_not(knee, tmp_path):
@@ -245,7 +255,8 @@ def test_lodopab_geometry_from_files_and_fbp_input_quality(lodopab, tmp_path):
 
 def test_real_lodopab_layout_without_manifest_uses_published_counts(tmp_path):
     """Files named as the real test part: file 027 is the last and holds 3553 - 27 * 128 = 97
-    real rows; without a manifest the loader must take that from the published constants."""
+    real rows; without a manifest the loader must take that from the published constants. (The
+    small geometry is declared: without a declaration the files would have to be 362 / 1000 x 513.)"""
     root = tmp_path / "lodopab_real_names"
     root.mkdir()
     n, angles, dets = 8, 6, 13
@@ -255,10 +266,12 @@ def test_real_lodopab_layout_without_manifest_uses_published_counts(tmp_path):
         data[:97] = rng.uniform(0.1, 0.9, size=(97, *shape))
         with h5py.File(root / f"{kind}_test_027.hdf5", "w") as f:
             f.create_dataset("data", data=data)
-    layout = scan_lodopab(root)
+    layout = scan_lodopab(root, ct.ParallelBeamGeometry(n, angles, dets))
     assert not layout.synthetic and [f.num_valid for f in layout.files["test"]] == [97]
     assert layout.geometry == ct.ParallelBeamGeometry(n, angles, dets)
-    dm = LoDoPaBDataModule(root=str(root), crop_size=n, data_dir=str(tmp_path), progress=False)
+    dm = LoDoPaBDataModule(
+        root=str(root), crop_size=n, geometry=(n, angles, dets), data_dir=str(tmp_path), progress=False
+    )
     dm.setup("test")
     assert len(dm.test_set) == 97
     assert dm.test_set[96].fname == "ground_truth_test_027:96"
@@ -348,7 +361,8 @@ def test_imagenet_class_folder_layout_sorted_by_file_name(tmp_path):
     )
     dm.setup("test")
     assert [p.name for p in dm.paths] == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 5)]
-    assert dm.test_set[0].fname.startswith("n00000000/")
+    assert dm.paths[0].parent.name == "n00000000"
+    assert dm.test_set[0].fname == "ILSVRC2012_val_00000001.JPEG"  # the image's identity, not its folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,3 +476,52 @@ def test_constructors_are_driven_by_jsonargparse(tmp_path):
         assert isinstance(dm, cls) and dm.crop_size == 64 and dm.batch_size == 2
         help_text = parser.format_help()
         assert "crop_size" in help_text and "centre crop" in help_text  # docstrings reach --help
+
+
+def test_data_dir_follows_the_platform_cache_convention(tmp_path, monkeypatch):
+    monkeypatch.delenv("EQUINET_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert data_dir() == tmp_path / "xdg" / "equinet"
+    assert data_dir() == Path(platformdirs.user_cache_dir("equinet", appauthor=False))
+    monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "team"))
+    assert data_dir() == tmp_path / "team"
+    assert data_dir(tmp_path / "mine") == tmp_path / "mine"
+    dm = FastMRIDataModule(synthetic_size=16, crop_size=16, data_dir=str(tmp_path / "mine"))
+    assert dm.synthetic_root().is_relative_to(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_written_by_the_data_package_follow_the_umask(tmp_path, umask):
+    """Synthetic datasets, `equinet data synth` output, FBP caches and their check records: every
+    file and folder gets the mode a plain open/mkdir would (0666/0777 minus the umask)."""
+    from equinet.data.cli import main
+
+    old = os.umask(umask)
+    try:
+        cache = tmp_path / "cache"
+        for dm in (
+            FastMRIDataModule(
+                crop_size=16, synthetic_size=16, synthetic_volumes=1, synthetic_slices=1, data_dir=str(cache)
+            ),
+            LoDoPaBDataModule(
+                crop_size=16, synthetic_size=16, synthetic_num=1, progress=False, data_dir=str(cache)
+            ),
+            ImageNetShiftDataModule(
+                crop_size=16, forward_model="ct", ct_image_size=16, synthetic_size=20, synthetic_num=2,
+                num_images=2, progress=False, data_dir=str(cache),
+            ),
+        ):  # fmt: skip
+            dm.prepare_data()
+            dm.setup("test")
+        main(["synth", "--kind", "lodopab", "--out", str(tmp_path / "synth"), "--num", "1", "--size", "16"])
+    finally:
+        os.umask(old)
+    written = [p for p in tmp_path.rglob("*")]
+    kinds = {p.suffix for p in written if p.is_file()}
+    assert {".h5", ".hdf5", ".json", ".JPEG"} <= kinds and any(
+        p.name.endswith(".checked.json") for p in written
+    )
+    wrong = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written
+             if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask}  # fmt: skip
+    assert not wrong

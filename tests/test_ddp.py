@@ -67,15 +67,18 @@ def _assert_same_volumes(ddp_csv, single_csv, columns):
 def test_ddp_fit_validation_equals_single_process(tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(CONFIG)
-    run = tmp_path / "ddp"
-    _ddp("fit", "--config", str(config), "--trainer.default_root_dir", str(run))
+    group = tmp_path / "ddp"
+    _ddp("fit", "--config", str(config), "--trainer.default_root_dir", str(group))
+    # both ranks chose the same new run folder (rank 1 inherits rank 0's EQUINET_RUN_ID)
+    assert [p.name for p in group.iterdir() if p.name != "latest"] == [group.joinpath("latest").resolve().name]
+    run = group / "latest"
     summary = (run / "val_summary.md").read_text()
     assert "- world size: 2" in summary and "- slices: 7" in summary
     assert "- duplicate slices dropped (distributed sampler padding): 1" in summary  # the sampler did pad
 
     single = tmp_path / "single"
-    run_cli("validate", "--config", str(config), *SINGLE, "--trainer.default_root_dir", str(single),
-            "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    run_cli("validate", "--config", str(config), *SINGLE, "--trainer.default_root_dir", str(tmp_path), "--run.name",
+            "single", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
     assert "- duplicate slices dropped (distributed sampler padding): 0" in (single / "val_summary.md").read_text()
     _assert_same_volumes(run / "val_volumes.csv", single / "val_volumes.csv", ["nmse", "psnr", "ssim", "loss"])
 
@@ -87,11 +90,12 @@ def test_ddp_test_stage_with_equivariance_equals_single_process(tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(CONFIG)
     fit = tmp_path / "fit"
-    run_cli("fit", "--config", str(config), *SINGLE, "--trainer.default_root_dir", str(fit))
+    run_cli("fit", "--config", str(config), *SINGLE, "--trainer.default_root_dir", str(tmp_path), "--run.name", "fit")
     ckpt = str(fit / "checkpoints" / "last.ckpt")
-    _ddp("test", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "ddp"), "--ckpt_path", ckpt)
-    run_cli("test", "--config", str(config), *SINGLE, "--trainer.default_root_dir", str(tmp_path / "single"),
-            "--ckpt_path", ckpt)
+    _ddp("test", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), "--run.name", "ddp",
+         "--ckpt_path", ckpt)
+    run_cli("test", "--config", str(config), *SINGLE, "--trainer.default_root_dir", str(tmp_path), "--run.name",
+            "single", "--ckpt_path", ckpt)
     assert "dropped (distributed sampler padding): 1" in (tmp_path / "ddp" / "test_summary.md").read_text()
     _assert_same_volumes(tmp_path / "ddp" / "test_volumes.csv", tmp_path / "single" / "test_volumes.csv",
                          ["nmse", "psnr", "ssim", "equivariance_nmse", "equivariance_ssim", "worst_dpsnr_max"])
@@ -107,7 +111,8 @@ def test_ddp_on_the_synthetic_fastmri_config(tmp_path):
     run = tmp_path / "ddp"
     proc = subprocess.run(equinet_cmd("fit", "--config", str(config), *sizes, "--trainer.accelerator", "cpu",
                                       "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs",
-                                      "1", "--trainer.default_root_dir", str(run), "--trainer.callbacks", "[]",
+                                      "1", "--trainer.default_root_dir", str(tmp_path), "--run.name", "ddp",
+                                      "--trainer.callbacks", "[]",
                                       "--trainer.enable_progress_bar", "false"),
                           cwd=REPO, env=cli_env(**env), capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -117,7 +122,8 @@ def test_ddp_on_the_synthetic_fastmri_config(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EQUINET_DATA_DIR", env["EQUINET_DATA_DIR"])
         run_cli("validate", "--config", str(config), *sizes, "--trainer.accelerator", "cpu", *SINGLE,
-                "--trainer.default_root_dir", str(single), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+                "--trainer.default_root_dir", str(tmp_path), "--run.name", "single", "--ckpt_path",
+                str(run / "checkpoints" / "last.ckpt"))
     ddp, one = _rows(run / "val_volumes.csv"), _rows(single / "val_volumes.csv")
     assert sorted(ddp) == sorted(one) and len(ddp) == 3
     for fname in ddp:

@@ -65,11 +65,13 @@ def test_killed_run_resumed_from_last_equals_uninterrupted(tmp_path):
             child.communicate()
     assert child.returncode == -signal.SIGKILL, out[-3000:]  # killed: no cleanup, no final save
 
+    # each run has its own folder; `--ckpt_path last` below finds the crashed one through `latest`
+    full, crashed = full / "latest", crashed / "latest"
     last = crashed / "checkpoints" / "last.ckpt"
     killed_at = torch.load(last, weights_only=True)
     assert killed_at["epoch"] == 0 and killed_at["global_step"] == 4  # the epoch-0 checkpoint survived
 
-    run_cli(*_args(config, crashed, "--ckpt_path", "last"))
+    run_cli(*_args(config, crashed.parent, "--ckpt_path", "last"))
     # each run logged into its own TensorBoard version; the checkpoints stayed in one place
     assert sorted(p.name for p in (crashed / "lightning_logs").iterdir()) == ["version_0", "version_1"]
 

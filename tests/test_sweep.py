@@ -108,4 +108,4 @@ def test_synthetic_sweep_runs_one_offline_step_with_wandb(monkeypatch, tmp_path)
     sampling = values["model.network.init_args.sampling"]
     filter_size = values["model.network.init_args.sampling_kwargs.filter_size"]
     assert f'"sampling":"{sampling}","sampling_kwargs":{{"filter_size":{filter_size}}}'.encode() in data
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "run" / "latest" / "checkpoints" / "last.ckpt").exists()

@@ -3,8 +3,10 @@
 ``FastMRIDataModule`` (fastMRI single-coil knee), ``LoDoPaBDataModule`` (LoDoPaB-CT) and
 ``ImageNetShiftDataModule`` (ImageNet val JPEGs through the MRI or CT forward model) all yield
 batches of :class:`ReconSample`. Given no ``root`` each generates a small synthetic dataset in
-the real format once (under ``$EQUINET_DATA_DIR`` or ``~/.cache/equinet``) and reads it through
-the same loader. Forward models: :mod:`equinet.data.mri`, :mod:`equinet.data.ct`.
+the real format once (under ``$EQUINET_DATA_DIR`` or the platform's user cache folder,
+``~/.cache/equinet`` on Linux) and reads it through the same loader. Every file is checked where
+it is opened; bad input raises :class:`DataFormatError` naming the file and what would be right.
+Forward models: :mod:`equinet.data.mri`, :mod:`equinet.data.ct`.
 
 The DataModules are imported on first access (PEP 562), so ``equinet data synth`` and other
 light users do not pay for importing Lightning and fastmri.

@@ -1,8 +1,8 @@
 """``equinet data ...``: write synthetic datasets in the real formats, build the FBP cache, check a root.
 
 equinet data synth --kind knee|lodopab|imagenet --out DIR [--num N] [--size S] ...
-equinet data fbp-cache --root LODOPAB_DIR [--backend auto|astra|torch|skimage]
-equinet data check --kind knee|lodopab|imagenet [--root DIR] [--crop-size C]
+equinet data fbp-cache --root LODOPAB_DIR [--backend auto|astra|torch|skimage] [--geometry N A D]
+equinet data check --kind knee|lodopab|imagenet [--root DIR] [--crop-size C] [--geometry N A D]
 """
 
 from __future__ import annotations
@@ -13,9 +13,20 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-
 DEFAULT_SIZE = {"knee": 320, "lodopab": 362, "imagenet": 375}
 DEFAULT_NUM = {"knee": 8, "lodopab": 60, "imagenet": 64}
+
+
+def _add_geometry(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    parser.add_argument(
+        "--geometry",
+        nargs=3,
+        type=int,
+        default=None,
+        metavar=("IMAGE_SIZE", "ANGLES", "BINS"),
+        help=f"{prefix}geometry of data that is not LoDoPaB's 362 / 1000 x 513 (or declare it in "
+        "equinet_lodopab.json)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         "--device", default=None, help="torch device for the torch backend (default: cuda if available)"
     )
     cache.add_argument("--cache-dir", default=None, help="cache folder (default ROOT/fbp_cache)")
+    _add_geometry(cache)
     cache.add_argument(
         "--parts",
         nargs="*",
@@ -113,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--forward-model", default="mri", choices=("mri", "ct", "none"), help="imagenet: forward model"
     )
+    _add_geometry(check, "lodopab: ")
     return parser
 
 
@@ -142,6 +155,7 @@ def synth(args: argparse.Namespace) -> Path:
                 args.num_angles,
                 args.samples_per_file,
                 seed=args.seed,
+                progress=True,
             )
         else:
             synthetic.write_imagenet_folder(tmp, num, size, args.layout, args.seed)
@@ -154,10 +168,14 @@ def fbp_cache(args: argparse.Namespace) -> None:
     from equinet.data.lodopab import LoDoPaBDataModule
 
     module = LoDoPaBDataModule(
-        root=str(args.root), fbp=args.backend, fbp_device=args.device, fbp_cache_dir=args.cache_dir
+        root=str(args.root),
+        geometry=args.geometry,
+        fbp=args.backend,
+        fbp_device=args.device,
+        fbp_cache_dir=args.cache_dir,
     )
-    report = module.build_fbp_cache(parts=args.parts)
-    print(report.summary())
+    report = module.build_fbp_cache(parts=args.parts, log_summary=False)
+    print(f"{report.summary()}, {module.cache_folder(report.backend)}")
 
 
 def check(args: argparse.Namespace) -> None:
@@ -169,11 +187,11 @@ def check(args: argparse.Namespace) -> None:
     if args.kind == "knee":
         module = FastMRIDataModule(**kwargs)
     elif args.kind == "lodopab":
-        module = LoDoPaBDataModule(**kwargs)
+        module = LoDoPaBDataModule(geometry=args.geometry, **kwargs)
     else:
         module = ImageNetShiftDataModule(forward_model=args.forward_model, **kwargs)
     module.prepare_data()
-    module.setup()
+    module.setup()  # reuses what prepare_data checked and cached
     for split in ("train", "val", "test"):
         dataset = getattr(module, f"{split}_set")
         if dataset is not None and (split != "train" or args.kind != "imagenet"):

@@ -1,4 +1,5 @@
-"""Shared pieces of the data package: data directory, atomic writes, errors, normalisation.
+"""Shared pieces of the data package: data directory, atomic writes, errors, file-name checks,
+normalisation.
 
 Kept free of Lightning and fastmri imports so ``equinet data synth`` starts quickly.
 """
@@ -8,20 +9,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import platformdirs
 import torch
 
 from equinet.data.types import ReconSample
-from equinet.files import atomic_directory, temporary_path  # noqa: F401 (re-exported)
+from equinet.files import atomic_directory, atomic_write_text, temporary_path  # noqa: F401 (re-exported)
 
 log = logging.getLogger("equinet.data")
 
 DATA_DIR_ENV = "EQUINET_DATA_DIR"
-DEFAULT_DATA_DIR = "~/.cache/equinet"
 PathLike = Union[str, os.PathLike]
 
 
@@ -29,11 +31,52 @@ class DataFormatError(ValueError):
     """A data file or folder does not have the expected format; the message names it."""
 
 
+def default_data_dir() -> Path:
+    """The platform's user cache folder for equinet (``platformdirs``): ``$XDG_CACHE_HOME/equinet``
+    or ``~/.cache/equinet`` on Linux, ``~/Library/Caches/equinet`` on macOS, ``%LOCALAPPDATA%``
+    on Windows."""
+    return Path(platformdirs.user_cache_dir("equinet", appauthor=False))
+
+
 def data_dir(override: Optional[PathLike] = None) -> Path:
     """Where synthetic datasets and caches live: ``override``, else ``$EQUINET_DATA_DIR``, else
-    ``~/.cache/equinet``."""
-    chosen = override if override is not None else os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return Path(chosen).expanduser()
+    :func:`default_data_dir`."""
+    chosen = override if override is not None else os.environ.get(DATA_DIR_ENV)
+    return Path(chosen).expanduser() if chosen else default_data_dir()
+
+
+def shown(path: PathLike) -> str:
+    """``path`` as text that can always be printed and logged: a name that is not valid UTF-8 (held
+    by Python as lone surrogates) is shown with its raw bytes escaped, e.g. ``caf\\xe9.h5``."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", errors="backslashreplace")
+
+
+def check_file_name(path: Path) -> None:
+    """A data file's name must be UTF-8 text: sample names travel into metrics tables, logs and
+    image captions, which cannot hold raw bytes."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataFormatError(
+            f"{shown(path)}: the file name is not valid UTF-8; rename it to a UTF-8 name "
+            "(e.g. with convmv) - sample names are written to metrics tables and logs"
+        ) from None
+
+
+def is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def broken_link_error(path: Path) -> DataFormatError:
+    return DataFormatError(
+        f"{shown(path)} is a broken symbolic link (its target {shown(os.readlink(path))} does not exist); "
+        "mount or copy the data it points to, or remove the link"
+    )
 
 
 def stable_hash(*parts: object, length: int = 12) -> str:
@@ -47,16 +90,30 @@ def stable_seed(*parts: object) -> int:
     return int(stable_hash(*parts, length=15), 16)
 
 
-def check_finite(array, what: str) -> None:
-    """Raise :class:`DataFormatError` naming ``what`` if ``array`` holds NaN or inf."""
-    t = torch.as_tensor(array)
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
-        raise DataFormatError(
-            f"{what} contains {bad} NaN/inf values; the file is corrupt or was written incompletely"
-        )
+def check_finite(
+    array: np.ndarray,
+    what: str,
+    cause: str = "the file is corrupt or was written incompletely",
+    if_all_zero: Optional[str] = None,
+) -> None:
+    """Raise :class:`DataFormatError` naming ``what`` (and the likely ``cause``) if ``array``
+    holds NaN or inf, and, given ``if_all_zero`` (what to say then), if it is all zeros.
+
+    Cheap enough for every sample: one BLAS pass computes the sum of squares, which is finite
+    only if every value is, and zero only if every value is; the exact (slower) tests run only
+    when it says something may be wrong (or it overflowed or underflowed)."""
+    values = np.asarray(array)
+    if values.dtype.kind == "c":
+        values = values.view(values.real.dtype)
+    values = values.reshape(-1)
+    with np.errstate(all="ignore"):  # overflow is handled below
+        energy = float(np.dot(values, values))
+    if not math.isfinite(energy):
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise DataFormatError(f"{what} contains {bad} NaN/inf values; {cause}")
+    elif energy == 0 and if_all_zero is not None and not values.any():
+        raise DataFormatError(f"{what} is all zeros {if_all_zero}")
 
 
 def check_finite_rows(array: np.ndarray, what: str, first_row: int = 0) -> None:
@@ -70,8 +127,23 @@ def check_finite_rows(array: np.ndarray, what: str, first_row: int = 0) -> None:
         )
 
 
+def check_max_value(value, where: str) -> float:
+    """The ``max`` attribute is the data range of PSNR/SSIM: it must be a finite number > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        value = value.item() if isinstance(value, np.generic) else value  # 'nan', not 'np.float64(nan)'
+        raise DataFormatError(
+            f"{where}: attribute 'max' is {value!r}; it must be a finite number > 0 (the maximum of the "
+            "volume's target, used as PSNR/SSIM data range) - rewrite it as reconstruction_esc.max()"
+        )
+    return number
+
+
 def describe_paths(paths: Sequence[PathLike], limit: int = 5) -> str:
-    names = [str(p) for p in paths]
+    names = [shown(p) for p in paths]
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 

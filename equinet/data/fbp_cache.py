@@ -6,21 +6,33 @@ build resumes at the first missing row. When complete the partial file is rename
 (atomic), so a reader never sees a half-written cache. The host name in the partial file keeps
 two nodes of a multi-node job that share the data folder from writing into the same file (each
 then finishes its own copy and the identical results replace one another atomically).
+
+Callers key a cache on the *content* it was computed from (a checksum of the source rows), not
+on file names or times. A complete file is checked before it is reused (shape, dtype, every value
+finite); a bad one is rebuilt with a warning naming it. Reading a whole file to check it (or to
+checksum a source) happens once: the result is remembered (:func:`remembered`) together with the
+file's fingerprint (size, mtime, ctime, inode) and recomputed only when that changes. Any write
+to a file changes its ctime, which unlike the mtime cannot be set back, so a file rewritten with
+the same size and mtime is noticed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import h5py
 import numpy as np
 
-from equinet.data.common import log
+from equinet.data.common import atomic_write_text, log, shown
+
+MEMO_VERSION = 1
+CACHE_CHANGED = "the cache file changed after it was checked; the next setup checks it again and rebuilds it"
 
 
 @dataclass
@@ -67,6 +79,66 @@ def _attrs_match(attrs, expected: Dict) -> bool:
     return True
 
 
+def fingerprint(path: Path) -> Dict[str, Any]:
+    """What identifies a file's current content without reading it: resolved path, size, mtime,
+    ctime and inode (a write changes the ctime, and the ctime cannot be set back)."""
+    stat = Path(path).stat()
+    return {
+        "path": str(Path(path).resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+        "inode": stat.st_ino,
+    }
+
+
+def remembered(memo: Path, sources: Sequence[Path], compute: Callable[[], Any], key: Any = None) -> Any:
+    """``compute()`` (a JSON-able value about the files ``sources``), remembered in the JSON file
+    ``memo`` and recomputed only when a source's :func:`fingerprint` or ``key`` changes."""
+    stamp = {"version": MEMO_VERSION, "sources": [fingerprint(p) for p in sources], "key": key}
+    try:
+        stored = json.loads(Path(memo).read_text())
+        if stored.get("stamp") == json.loads(json.dumps(stamp)):
+            return stored["value"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass
+    value = compute()
+    remember(memo, sources, value, key)
+    return value
+
+
+def remember(memo: Path, sources: Sequence[Path], value: Any, key: Any = None) -> None:
+    """Record ``value`` for the current fingerprints of ``sources`` (see :func:`remembered`)."""
+    stamp = {"version": MEMO_VERSION, "sources": [fingerprint(p) for p in sources], "key": key}
+    atomic_write_text(memo, json.dumps({"stamp": stamp, "value": value}, indent=1))
+
+
+def memo_path(path: Path) -> Path:
+    """The memo beside cache file ``path`` recording that it was checked."""
+    return path.with_name(f"{path.name}.checked.json")
+
+
+def check_stack(path: Path, num_rows: int, row_shape: Sequence[int], chunk: int = 16) -> Optional[str]:
+    """What is wrong with a complete cache file (``None`` if nothing): its ``data`` must be
+    float32 ``(num_rows, *row_shape)`` and finite everywhere."""
+    expected = (num_rows, *row_shape)
+    try:
+        with h5py.File(path, "r") as f:
+            data = f.get("data")
+            if not isinstance(data, h5py.Dataset):
+                return "no 'data' dataset"
+            if data.shape != expected or data.dtype != np.float32:
+                return f"'data' is {data.dtype} {data.shape}, expected float32 {expected}"
+            for i in range(0, num_rows, chunk):
+                rows = data[i : min(num_rows, i + chunk)]
+                finite = np.isfinite(rows).reshape(len(rows), -1).all(axis=1)
+                if not finite.all():
+                    return f"row(s) {(np.flatnonzero(~finite) + i).tolist()} hold NaN/inf values"
+    except OSError as err:
+        return f"unreadable ({err})"
+    return None
+
+
 def is_complete(path: Path, key: Dict) -> bool:
     """Whether ``path`` is a finished cache built with attributes ``key``."""
     if not path.is_file():
@@ -76,6 +148,22 @@ def is_complete(path: Path, key: Dict) -> bool:
             return _attrs_match(f.attrs, key) and "data" in f
     except OSError:
         return False
+
+
+def _reusable(path: Path, key: Dict, num_rows: int, row_shape: Sequence[int]) -> bool:
+    """A complete cache with ``key`` that passes :func:`check_stack` (checked once per file
+    version); a bad one is deleted with a warning naming it."""
+    if not is_complete(path, key):
+        return False
+    problem = remembered(
+        memo_path(path), [path], lambda: check_stack(path, num_rows, row_shape), key=num_rows
+    )
+    if problem is None:
+        return True
+    log.warning("cache file %s is unusable (%s); rebuilding it", shown(path), problem)
+    path.unlink()
+    memo_path(path).unlink(missing_ok=True)
+    return False
 
 
 def partial_path(path: Path) -> Path:
@@ -97,12 +185,13 @@ def build_cached_stack(
     """Make ``path`` hold ``compute(0, num_rows)`` (float32), computed ``chunk`` rows at a time.
 
     ``key`` (JSON-able scalars) is stored as attributes; a complete file with the same key is
-    reused, a partial one with the same key is resumed, anything else is rebuilt. ``progress`` is
-    called with the number of rows finished after each chunk (for a progress bar).
+    reused if it passes :func:`check_stack`, a partial one with the same key is resumed, anything
+    else is rebuilt. Computed rows must be finite. ``progress`` is called with the number of rows
+    finished after each chunk (for a progress bar).
     """
     path = Path(path)
     report = CacheReport(backend=backend, files=[path])
-    if is_complete(path, key):
+    if _reusable(path, key, num_rows, row_shape):
         report.reused = num_rows
         if progress:
             progress(num_rows)
@@ -145,6 +234,12 @@ def build_cached_stack(
             report.seconds += time.perf_counter() - t0
             if rows.shape != (j - i, *row_shape):
                 raise ValueError(f"cache compute returned shape {rows.shape}, expected {(j - i, *row_shape)}")
+            finite = np.isfinite(rows).reshape(len(rows), -1).all(axis=1)
+            if not finite.all():
+                raise FloatingPointError(
+                    f"{shown(path)}: the {backend} backend returned NaN/inf for row(s) "
+                    f"{(np.flatnonzero(~finite) + i).tolist()} of finite input; nothing was cached for them"
+                )
             data[i:j] = rows
             f.attrs["num_done"] = j
             f.flush()
@@ -153,4 +248,5 @@ def build_cached_stack(
                 progress(j - i)
         f.attrs["backend"] = backend
     os.replace(partial, path)
+    remember(memo_path(path), [path], None, key=num_rows)  # every row was checked as it was computed
     return report

@@ -7,13 +7,22 @@ forward model: ``mri`` (k-space, the fastMRI mask seeded per file, zero-filled m
 ``ct`` (LoDoPaB's geometry on a ``ct_image_size`` crop, Poisson noise with N0 = 4096, FBP; the
 FBPs are cached once like LoDoPaB's) or ``none`` (input = target). Used as an out-of-distribution
 test of shift equivariance; evaluation only (val/test/predict loaders).
+
+An image is identified by its file name (unique in ImageNet), not by its place in the folder
+tree: the sample's ``fname``, the MRI mask seed and the CT noise seed are the file name, so a flat
+folder and a class-folder tree give identical samples. EXIF orientation tags are ignored, as in
+torchvision's ``ImageFolder``/``read_image`` and the usual ImageNet pipelines: pixels are used
+as stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -25,19 +34,26 @@ from equinet.data import ct
 from equinet.data.base import ReconDataModule
 from equinet.data.common import (
     DataFormatError,
+    broken_link_error,
     center_crop_2d,
+    check_file_name,
+    check_finite,
     data_dir,
     describe_paths,
+    is_broken_link,
     log,
     make_sample,
     normalize_pair,
     stable_hash,
     stable_seed,
 )
-from equinet.data.fbp_cache import CacheReport, build_cached_stack
+from equinet.data.fbp_cache import CACHE_CHANGED, CacheReport, build_cached_stack
 from equinet.data.mri import FASTMRI_CLAMP, file_seed, make_mask_func, mri_forward
 from equinet.data.synthetic import write_imagenet_folder
 from equinet.data.types import ReconSample
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 FORWARD_MODELS = ("mri", "ct", "none")
@@ -45,8 +61,8 @@ SMALL_IMAGE_POLICIES = ("skip", "error", "resize")
 
 
 def list_images(root: Path) -> List[Path]:
-    """Image files under ``root`` (recursively), sorted by file name then relative path; other
-    files are skipped with one logged warning."""
+    """Image files under ``root`` (recursively), sorted by file name; other files are skipped
+    with one logged warning. File names must be unique UTF-8 names (they identify the images)."""
     root = Path(root)
     if not root.is_dir():
         raise DataFormatError(
@@ -59,7 +75,12 @@ def list_images(root: Path) -> List[Path]:
             path = Path(dirpath) / name
             if name.startswith("."):
                 continue
-            (images if path.suffix.lower() in IMAGE_EXTENSIONS else stray).append(path)
+            is_image = path.suffix.lower() in IMAGE_EXTENSIONS
+            if is_image and is_broken_link(path):
+                raise broken_link_error(path)
+            if is_image:
+                check_file_name(path)
+            (images if is_image else stray).append(path)
     if stray:
         log.warning(
             "skipped %d files in %s that are not images (%s): %s",
@@ -70,28 +91,54 @@ def list_images(root: Path) -> List[Path]:
         )
     if not images:
         raise DataFormatError(f"{root} holds no images ({'/'.join(IMAGE_EXTENSIONS)} files)")
-    return sorted(images, key=lambda p: (p.name, str(p.relative_to(root))))
+    images.sort(key=lambda p: (p.name, str(p.relative_to(root))))
+    for first, second in zip(images, images[1:]):
+        if first.name == second.name:
+            raise DataFormatError(
+                f"{root}: the image name {first.name} occurs twice ({first.relative_to(root)} and "
+                f"{second.relative_to(root)}); images are identified by file name (sample names, mask "
+                "and noise seeds), so each name must occur once - remove the duplicate"
+            )
+    return images
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator["Image.Image"]:
+    """``PIL.Image.open`` that refuses images beyond PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, 89 megapixels) and names the file in every error."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataFormatError(
+            f"{path}: refused, the image is too large ({err}); ImageNet photos have a few megapixels, so the "
+            "file is damaged or not one of them - remove it (or raise PIL.Image.MAX_IMAGE_PIXELS if it is "
+            "genuine)"
+        ) from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataFormatError(f"{path}: not a readable image ({err}); remove or replace it") from None
+    with image:
+        yield image
 
 
 def image_size(path: Path) -> Tuple[int, int]:
     """``(height, width)`` from the header; a clear error if the file is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataFormatError(f"{path}: not a readable image ({err}); remove or replace it") from None
+    with open_image(path) as image:
+        width, height = image.size
     return height, width
 
 
 def load_grayscale(path: Path, size: int, small_images: str = "error") -> np.ndarray:
     """Grayscale float32 in [0, 1] (ITU-R 601 luma for RGB and CMYK), centre-cropped to ``size``;
-    with ``small_images="resize"`` the shorter side is first scaled up to ``size`` (bicubic)."""
+    with ``small_images="resize"`` the shorter side is first scaled up to ``size`` (bicubic).
+    EXIF orientation is ignored (pixels as stored, as torchvision reads ImageNet)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L"):
                 gray = np.asarray(image, dtype=np.float32) / 65535.0
@@ -115,8 +162,9 @@ def load_grayscale(path: Path, size: int, small_images: str = "error") -> np.nda
 
 
 class ImageNetShiftDataset(Dataset):
-    """One sample per image: ``fname`` = path relative to the root, ``slice_num`` = 0,
-    ``max_value`` = data range (max - min) of the image fed to the forward model."""
+    """One sample per image: ``fname`` = the image's file name (its identity, whatever the folder
+    layout), ``slice_num`` = 0, ``max_value`` = data range (max - min) of the image fed to the
+    forward model."""
 
     def __init__(
         self,
@@ -141,7 +189,7 @@ class ImageNetShiftDataset(Dataset):
         return len(self.paths)
 
     def name(self, index: int) -> str:
-        return self.paths[index].relative_to(self.root).as_posix()
+        return self.paths[index].name
 
     def source(self, index: int) -> np.ndarray:
         return load_grayscale(self.paths[index], self.source_size, self.small_images)
@@ -149,7 +197,9 @@ class ImageNetShiftDataset(Dataset):
     def _cached_fbp(self, index: int) -> np.ndarray:
         if self._cache_handle is None or self._cache_pid != os.getpid():
             self._cache_handle, self._cache_pid = h5py.File(self.fbp_cache, "r"), os.getpid()
-        return np.asarray(self._cache_handle["data"][index], dtype=np.float32)
+        recon = np.asarray(self._cache_handle["data"][index], dtype=np.float32)
+        check_finite(recon, f"FBP cache {self.fbp_cache} row {index}", CACHE_CHANGED)
+        return recon
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -201,7 +251,8 @@ class ImageNetShiftDataModule(ReconDataModule):
         num_workers: DataLoader workers.
         pin_memory: DataLoader ``pin_memory``.
         progress: show a progress bar while building the CT cache.
-        data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or ``~/.cache/equinet``.
+        data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or the user
+            cache folder (``~/.cache/equinet`` on Linux).
         synthetic_num: images in the synthetic default folder.
         synthetic_size: shorter side of the synthetic JPEGs (375 as most ImageNet images).
     """
@@ -273,6 +324,7 @@ class ImageNetShiftDataModule(ReconDataModule):
             )
         self.paths: List[Path] = []
         self.cache_report: Optional[CacheReport] = None
+        self._cache: Optional[Tuple[List[Path], Path]] = None  # (images, FBP cache) built by this process
 
     synthetic_kind = "imagenet"
     synthetic_what = "ImageNet val"
@@ -324,8 +376,8 @@ class ImageNetShiftDataModule(ReconDataModule):
         return chosen
 
     def cache_path(self, paths: List[Path], backend: str) -> Path:
-        root = self.resolved_root()
-        entries = [(p.relative_to(root).as_posix(), p.stat().st_size) for p in paths]
+        """The CT cache of these images, keyed on their names and contents (SHA-256 of each file)."""
+        entries = [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths]
         assert self.geometry is not None
         key = stable_hash(
             entries,
@@ -334,12 +386,14 @@ class ImageNetShiftDataModule(ReconDataModule):
             self.seed,
             self.small_images,
             backend,
-            "v1",
+            "v2",
         )
         return data_dir(self.data_dir) / "fbp_cache" / f"imagenet-ct-{len(paths)}-{key}.hdf5"
 
     def build_fbp_cache(self, paths: List[Path]) -> CacheReport:
         """Project, add noise and FBP every selected image once (resumable, atomic)."""
+        if self._cache is not None and self._cache[0] == paths:  # built and checked by this process
+            return self.cache_report
         geometry = self.geometry
         assert geometry is not None
         backend = ct.resolve_fbp_backend(self.fbp_backend)
@@ -349,7 +403,6 @@ class ImageNetShiftDataModule(ReconDataModule):
             else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         dataset = self._dataset(paths, None)
-        root = self.resolved_root()
 
         def compute(i: int, j: int) -> np.ndarray:
             truths = torch.from_numpy(np.stack([dataset.source(k) for k in range(i, j)])).to(device)
@@ -360,7 +413,7 @@ class ImageNetShiftDataModule(ReconDataModule):
                         s.cpu(),
                         self.photons_per_pixel,
                         generator=torch.Generator().manual_seed(
-                            stable_seed("imagenet-ct", self.seed, paths[i + r].relative_to(root).as_posix())
+                            stable_seed("imagenet-ct", self.seed, paths[i + r].name)
                         ),
                     )
                     for r, s in enumerate(sinos)
@@ -398,7 +451,7 @@ class ImageNetShiftDataModule(ReconDataModule):
         finally:
             ct.release_fbp_memory()
         log.info("%s, %s", report.summary(), path)
-        self.cache_report = report
+        self.cache_report, self._cache = report, (paths, path)
         return report
 
     def _dataset(self, paths: List[Path], fbp_cache: Optional[Path]) -> ImageNetShiftDataset:
@@ -419,8 +472,8 @@ class ImageNetShiftDataModule(ReconDataModule):
         self.paths = self.select_images()
         cache = None
         if self.forward_model == "ct":
-            report = self.build_fbp_cache(self.paths)
-            cache = self.cache_path(self.paths, report.backend)
+            self.build_fbp_cache(self.paths)
+            cache = self._cache[1]
         dataset = self._dataset(self.paths, cache)
         self.val_set = self.test_set = dataset
         log.info(

@@ -5,12 +5,15 @@ Works around fastmri 0.3's rough edges: its ``SliceDataset`` opens every entry o
 its ``sample_rate`` shuffles slices with the global RNG (a different subset on every DDP rank).
 Here stray entries are skipped with one logged warning (count and names), the metadata cache
 lives in the data directory, subsampling is by volume and seeded, and every file is checked for
-the keys, shapes and dtypes the transform needs, with errors naming the file.
+the keys, shapes and dtypes the transform needs and a usable ``max`` attribute, with errors naming
+the file (broken links and file names that are not UTF-8 included); string attributes stored as
+bytes are decoded. Each slice's k-space is checked when it is loaded (see ``MriSliceTransform``).
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as etree
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -19,7 +22,16 @@ import numpy as np
 from fastmri.data import SliceDataset
 
 from equinet.data.base import ReconDataModule
-from equinet.data.common import DataFormatError, data_dir, describe_paths, log
+from equinet.data.common import (
+    DataFormatError,
+    broken_link_error,
+    check_file_name,
+    check_max_value,
+    data_dir,
+    describe_paths,
+    is_broken_link,
+    log,
+)
 from equinet.data.mri import MriSliceTransform, make_mask_func
 from equinet.data.synthetic import KNEE_ACQUISITIONS, write_knee_dataset
 
@@ -47,8 +59,12 @@ class CheckedSliceDataset(SliceDataset):
 
     def _retrieve_metadata(self, fname):
         fname = Path(fname)
+        if fname.suffix == ".h5" and not fname.name.startswith("."):
+            if is_broken_link(fname):
+                raise broken_link_error(fname)
+            check_file_name(fname)
         if not fname.is_file() or fname.suffix != ".h5" or fname.name.startswith("."):
-            self._skipped.append(fname.name)
+            self._skipped.append(fname.name + (" (broken symbolic link)" if is_broken_link(fname) else ""))
             return {}, 0
         try:
             handle = h5py.File(fname, "r")
@@ -66,6 +82,12 @@ class CheckedSliceDataset(SliceDataset):
                     )
                     raise DataFormatError(
                         f"{fname}: missing dataset {key!r}{hint}; found keys {sorted(hf.keys())}"
+                    )
+            for key in ("kspace", self._recons_key):
+                if not isinstance(hf[key], h5py.Dataset):
+                    raise DataFormatError(
+                        f"{fname}: {key!r} is an HDF5 {type(hf[key]).__name__.lower()}, not a dataset; "
+                        f"fastMRI files hold {key!r} as an array of slices"
                     )
             kspace, target = hf["kspace"], hf[self._recons_key]
             expected_ndim = 3 if self._challenge == "singlecoil" else 4
@@ -86,13 +108,22 @@ class CheckedSliceDataset(SliceDataset):
                 )
             if "max" not in hf.attrs:
                 raise DataFormatError(f"{fname}: missing attribute 'max' (data range used for PSNR/SSIM)")
+            check_max_value(hf.attrs["max"], str(fname))
         try:
-            return super()._retrieve_metadata(fname)
+            metadata, num_slices = super()._retrieve_metadata(fname)
         except (RuntimeError, etree.ParseError, ValueError) as err:
             raise DataFormatError(
                 f"{fname}: cannot parse 'ismrmrd_header' ({err}); fastMRI needs encodedSpace/reconSpace matrixSize "
                 "and encodingLimits/kspace_encoding_step_1 in the ISMRMRD namespace"
             ) from None
+        return {key: decoded(value) for key, value in metadata.items()}, num_slices
+
+
+def decoded(value):
+    """An HDF5 string attribute as ``str`` whether it was stored as text or as bytes."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return value
 
 
 class FastMRIDataModule(ReconDataModule):
@@ -118,7 +149,8 @@ class FastMRIDataModule(ReconDataModule):
         seed: seed of the volume subsampling.
         use_dataset_cache: cache fastmri's per-file metadata in ``data_dir`` (faster restarts).
         pin_memory: DataLoader ``pin_memory``.
-        data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or ``~/.cache/equinet``.
+        data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or the user
+            cache folder (``~/.cache/equinet`` on Linux).
         synthetic_volumes: training volumes of the synthetic default (val/test get ``max(2, N // 4)``).
         synthetic_slices: slices per synthetic volume.
         synthetic_size: reconstruction size of the synthetic data (320 = real fastMRI; k-space is
@@ -230,9 +262,13 @@ class FastMRIDataModule(ReconDataModule):
             )
         samples = dataset.raw_samples
         if self.acquisition is not None:
+            found = Counter(str(s.metadata.get("acquisition", "(none)")) for s in samples)
             samples = [s for s in samples if s.metadata.get("acquisition") == self.acquisition]
             if not samples:
-                raise DataFormatError(f"{folder}: no volume has acquisition {self.acquisition!r}")
+                raise DataFormatError(
+                    f"{folder}: no volume has acquisition {self.acquisition!r}; the files' 'acquisition' "
+                    f"attributes are (slices): {dict(found)}"
+                )
         if self.sample_rate is not None and self.sample_rate < 1:
             volumes = sorted({s.fname.name for s in samples})
             keep_count = max(1, round(len(volumes) * self.sample_rate))

@@ -15,7 +15,7 @@ import torch
 from fastmri.data import transforms as T
 from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
 
-from equinet.data.common import DataFormatError, check_finite, make_sample, normalize_pair
+from equinet.data.common import DataFormatError, check_finite, check_max_value, make_sample, normalize_pair
 from equinet.data.types import ReconSample
 
 MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
@@ -93,13 +93,35 @@ class MriSliceTransform:
     the zero-filled magnitude, centre-crops input and target to ``crop_size``, and normalises both
     with the input's mean/std (input clamped to +-6 as fastMRI). ``max_value`` is the file's
     ``max`` attribute. Unlike fastMRI's ``UnetDataTransform`` the target is not clamped, so
-    ``target * std + mean`` is exactly the stored ``reconstruction_esc``.
+    ``target * std + mean`` is exactly the stored ``reconstruction_esc``. Each slice is checked
+    (cheaply) before use: finite, k-space and target not all zero (an interrupted copy leaves
+    zeros), ``max`` a finite number > 0.
     """
 
     def __init__(self, mask_func: Optional[MaskFunc], crop_size: int, deterministic: bool) -> None:
         self.mask_func = mask_func
         self.crop_size = crop_size
         self.deterministic = deterministic
+
+    def check(self, kspace: np.ndarray, target: Optional[np.ndarray], attrs: Dict, where: str) -> None:
+        """The per-sample checks (cheap, always on): a complex 2D k-space slice at least the crop,
+        a target, both finite and not all zero, ``max`` a finite number > 0."""
+        if target is None:
+            raise DataFormatError(f"{where}: no target (reconstruction_esc) in the file")
+        if kspace.ndim != 2 or not np.iscomplexobj(kspace):
+            raise DataFormatError(
+                f"{where}: kspace must be a complex (rows, cols) slice, got {kspace.dtype} {kspace.shape}"
+            )
+        if min(kspace.shape) < self.crop_size:
+            raise DataFormatError(
+                f"{where}: kspace {kspace.shape} is smaller than crop_size={self.crop_size}"
+            )
+        zeros = "(an interrupted copy or a blank slice): not a sample - re-copy the file or remove it"
+        check_finite(kspace, f"{where}: kspace", if_all_zero=zeros)
+        check_finite(target, f"{where}: reconstruction_esc", if_all_zero=zeros)
+        if "max" not in attrs:
+            raise DataFormatError(f"{where}: missing attribute 'max' (data range used for PSNR/SSIM)")
+        check_max_value(attrs["max"], where)
 
     def __call__(
         self,
@@ -110,20 +132,8 @@ class MriSliceTransform:
         fname: str,
         slice_num: int,
     ) -> ReconSample:
-        where = f"{fname} slice {slice_num}"
-        if target is None:
-            raise DataFormatError(f"{where}: no target (reconstruction_esc) in the file")
-        if kspace.ndim != 2 or not np.iscomplexobj(kspace):
-            raise DataFormatError(
-                f"{where}: kspace must be a complex (rows, cols) slice, got {kspace.dtype} {kspace.shape}"
-            )
-        check_finite(kspace, f"{where}: kspace")
-        check_finite(target, f"{where}: reconstruction_esc")
+        self.check(kspace, target, attrs, f"{fname} slice {slice_num}")
         crop = (self.crop_size, self.crop_size)
-        if min(kspace.shape) < self.crop_size:
-            raise DataFormatError(
-                f"{where}: kspace {kspace.shape} is smaller than crop_size={self.crop_size}"
-            )
         if self.deterministic:
             seed = file_seed(fname)
         else:
@@ -132,5 +142,4 @@ class MriSliceTransform:
         image = zero_filled(masked, crop)
         target_t = T.center_crop(torch.from_numpy(np.asarray(target, dtype=np.float32)), crop)
         image, target_t, mean, std = normalize_pair(image, target_t, clamp=FASTMRI_CLAMP)
-        max_value = float(attrs.get("max", float(target.max())))
-        return make_sample(image, target_t, mean, std, max_value, fname, slice_num)
+        return make_sample(image, target_t, mean, std, float(attrs["max"]), fname, slice_num)

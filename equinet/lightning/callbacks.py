@@ -238,37 +238,26 @@ class ReconstructionImageLogger(Callback):
 
 # --------------------------------------------------------------------------------------------
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose default directory is ``<trainer.default_root_dir>/checkpoints``.
+    """``ModelCheckpoint`` for equinet's run folders: ``dirpath`` defaults to ``<default_root_dir>/checkpoints``.
 
-    Lightning's default puts checkpoints inside the logger's ``version_N`` folder, and a resumed
-    run gets a new version -- so ``--ckpt_path last`` would look in an empty folder and silently
-    start from scratch. One folder per run directory makes ``equinet fit ... --ckpt_path last``
-    find the previous run's ``last.ckpt``. (Resuming into that non-empty folder is expected, so
-    Lightning's "directory is not empty" warning is skipped then.)
+    ``resuming``: set (by the CLI) when the fit resumes from this folder's own checkpoint; the
+    folder is then expected to hold checkpoints, so Lightning's "directory is not empty" warning,
+    which otherwise flags two runs sharing a folder, is skipped. Validating/testing a checkpoint
+    (often another run's) restores none of its best/last bookkeeping: that only matters to a fit.
     """
 
-    def _default_dirpath(self, trainer: pl.Trainer) -> None:
-        if self.dirpath is None:
-            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
-
-    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set:
-        # called while resolving ckpt_path="last", before setup()
-        self._default_dirpath(trainer)
-        found = super()._find_last_checkpoints(trainer)
-        self._resuming_from_last = bool(found)
-        return found
+    resuming: bool = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._default_dirpath(trainer)
         self._stage = stage
+        if self.dirpath is None:  # one place per run folder (Lightning's default: the logger's version folder)
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
         with warnings.catch_warnings():
-            if getattr(self, "_resuming_from_last", False):
+            if self.resuming:
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             super().setup(trainer, pl_module, stage)
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        # validate/test/predict of a checkpoint (often another run's) save nothing: the
-        # best/last bookkeeping only matters when resuming a fit.
         if getattr(self, "_stage", "fit") == "fit":
             super().load_state_dict(state_dict)
 

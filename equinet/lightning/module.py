@@ -33,6 +33,7 @@ from equinet.lightning.evaluation import (
     volume_metrics,
     write_report,
 )
+from equinet.lightning.runs import report_name
 
 LOSSES = ("mse", "l1", "ssim")
 
@@ -96,6 +97,8 @@ class ReconstructionModule(pl.LightningModule):
             self.ssim_loss = SSIMLoss()
         self._records: List[Dict[str, Any]] = []
         self.evaluation: Dict[str, Any] = {}
+        # suffix of the report names (`test-<tag>_summary.md`); the CLI sets it from --run.tag
+        self.report_tag: Optional[str] = None
         self._checkpoint_progress: Optional[Dict[str, int]] = None
 
     # ---------------------------------------------------------------------------------------
@@ -190,7 +193,8 @@ class ReconstructionModule(pl.LightningModule):
                 "checkpoint": ckpt or "(weights in memory)", "volumes": len(volumes), "slices": len(records),
                 "duplicate slices dropped (distributed sampler padding)": duplicates,
                 "world size": trainer.world_size, **meta}
-        self.evaluation["files"] = write_report(Path(trainer.default_root_dir), stage, volumes, images, summary, meta)
+        self.evaluation["files"] = write_report(Path(trainer.default_root_dir), report_name(stage, self.report_tag),
+                                                volumes, images, summary, meta)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # remembered for the reports of validate/test runs: which training state is evaluated

@@ -7,6 +7,12 @@ each DataModule's loader with ``--workers`` workers. Throughputs are also given 
 fastMRI loader measured in the same run (absolute numbers depend on the machine and its load).
 FBP backends available here are timed on the same sinograms, as ratios to the chosen one.
 
+Validation cost: the always-on per-sample checks are timed as the ratio of loading a sample with
+them to loading it with them switched off (back to back, alternating order, median of the
+per-pair ratios over every sample, in one process); the one-time checks of LoDoPaB files (read,
+checksum, zero rows, range) and of an FBP cache file are given as a fraction of the FBP cache
+step they accompany.
+
     python experiments/benchmarks/data_throughput.py [--workers 2] [--batch-size 4] [--passes 2]
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +29,9 @@ import numpy as np
 import torch
 
 from equinet.data import FastMRIDataModule, ImageNetShiftDataModule, LoDoPaBDataModule, ct
+from equinet.data.fbp_cache import check_stack
+from equinet.data.lodopab import LoDoPaBDataset, check_pair
+from equinet.data.mri import MriSliceTransform
 
 
 def throughput(loader, passes: int) -> tuple[int, float, float]:
@@ -38,6 +48,33 @@ def throughput(loader, passes: int) -> tuple[int, float, float]:
         for batch in loader:
             count += batch.input.shape[0]
     return count // passes, count / (time.perf_counter() - start), first
+
+
+def check_overhead(dataset, owner: type, repeats: int) -> float:
+    """Median over (sample, repeat) pairs of the seconds to load that sample with ``owner.check``
+    (the per-sample checks) on / off, timed back to back in alternating order."""
+    real = owner.__dict__["check"]
+
+    def load(index: int, checks: bool) -> float:
+        if not checks:
+            owner.check = lambda self, *args: None
+        try:
+            start = time.perf_counter()
+            dataset[index]
+            return time.perf_counter() - start
+        finally:
+            owner.check = real
+
+    ratios = []
+    for index in range(len(dataset)):
+        load(index, True)  # warm-up: file handles, page cache
+        for r in range(repeats):
+            if r % 2:
+                off, on = load(index, False), load(index, True)
+            else:
+                on, off = load(index, True), load(index, False)
+            ratios.append(on / off)
+    return statistics.median(ratios)
 
 
 def fbp_backend_times(geometry: ct.ParallelBeamGeometry, images: int) -> dict:
@@ -80,6 +117,7 @@ def main() -> None:
         "--lodopab-samples", type=int, default=16, help="LoDoPaB training samples (val/test get N // 4)"
     )
     parser.add_argument("--images", type=int, default=32, help="ImageNet images")
+    parser.add_argument("--repeats", type=int, default=7, help="on/off pairs timing the per-sample checks")
     parser.add_argument("--small", action="store_true", help="reduced sizes (128 px) for a quick smoke run")
     parser.add_argument("--data-dir", default=None, help="where to generate (default: a temporary folder)")
     args = parser.parse_args()
@@ -155,6 +193,33 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name, count, rate, first in rows:
         print(f"| {name} | {count} | {rate:.1f} | {rate / reference:.2f}x | {first:.2f} |")
+
+    print(
+        f"\n| per-sample checks (always on; {args.repeats} on/off pairs per sample) "
+        "| load time with / without |"
+    )
+    print("|---|---:|")
+    for name, dataset, owner in (
+        ("FastMRIDataModule (train)", knee.train_set, MriSliceTransform),
+        ("LoDoPaBDataModule (train)", lodopab.train_set, LoDoPaBDataset),
+    ):
+        print(f"| {name} | {check_overhead(dataset, owner, args.repeats):.3f}x |")
+    files = [f for part in ("train", "validation") for f in lodopab.layout.files[part]]
+    start = time.perf_counter()
+    for info in files:
+        check_pair(info)
+    check_ms = 1000 * (time.perf_counter() - start) / sum(f.num_valid for f in files)
+    cache_files = sorted(lodopab.cache_folder(report.backend).glob("observation_*.hdf5"))
+    start = time.perf_counter()
+    for path, info in zip(cache_files, files):
+        assert check_stack(path, info.rows[-1] + 1, (geometry.image_size, geometry.image_size)) is None
+    verify_ms = 1000 * (time.perf_counter() - start) / sum(f.rows[-1] + 1 for f in files)
+    print(
+        f"\none-time checks (remembered until a file changes): LoDoPaB file pair {check_ms:.1f} ms/sample "
+        f"({check_ms / report.per_image_ms:.1%} of the FBP cache step), "
+        f"FBP cache file {verify_ms:.1f} ms/image "
+        f"({verify_ms / report.per_image_ms:.1%})"
+    )
 
     times = fbp_backend_times(geometry, images=3)
     chosen = times[report.backend]
