@@ -435,6 +435,40 @@ def test_sub_batched_recomputation_matches_plain_backprop_and_is_off_for_batch_s
     torch.testing.assert_close(inference, bn(x).detach(), rtol=0, atol=1e-6)
 
 
+class ScaledCoupling(AdditiveCoupling):
+    """A coupling subclass with its own forward/inverse: the program must not run it as halves."""
+
+    def __init__(self, channels, **coordinates):
+        half = channels // 2
+        super().__init__(nn.Conv2d(channels - half, half, 3, padding=1), half)
+
+    def forward(self, x):
+        x1, x2 = x[:, : self.split], x[:, self.split :]
+        return torch.cat([x2, 2 * x1 + self.F(x2)], dim=1)
+
+    def inverse(self, y):
+        c2 = y.shape[1] - self.split
+        return torch.cat([(y[:, c2:] - self.F(y[:, :c2])) / 2, y[:, :c2]], dim=1)
+
+
+def test_coupling_subclasses_with_their_own_forward_run_on_whole_tensors():
+    """Neither the halves nor the inherited backward_by_inversion may stand in for a subclass's
+    own forward (the gradients then come from inversion and local autograd)."""
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    single = make(torch.float64, channels=(4,), architecture=(2,), create_module_fn=ScaledCoupling, module_kwargs={})
+    with torch.no_grad():
+        reference = x
+        for block in [*single.encoder_modules[0], *single.decoder_modules[0]]:
+            reference = block(reference)
+        torch.testing.assert_close(single(x), reference, rtol=0, atol=1e-14)
+    net = make(torch.float64, channels=(4, 8), architecture=(2, 1), create_module_fn=ScaledCoupling, module_kwargs={})
+    with torch.no_grad():
+        assert rel(net.inverse(net(x)), x) <= 1e-12
+    weight = torch.randn_like(x)
+    for a, b in zip(_grads(net, x, weight, custom=True), _grads(net, x, weight, custom=False)):
+        assert (a - b).norm() <= 1e-10 * b.norm()
+
+
 def test_channel_mixing_of_chunks_equals_mixing_their_concatenation():
     mix = randomize(InvertibleChannelMixing2D(5)).double()
     x = torch.randn(2, 5, 4, 6, dtype=torch.float64)

@@ -132,6 +132,16 @@ class AdditiveCoupling(nn.Module):
         return f"split={self.split}"
 
 
+def runs_on_halves(module: nn.Module) -> bool:
+    """Whether ``module`` is an additive coupling whose forward, inverse and backward are the pair
+    methods (an :class:`~equinet.models.memory_efficient.InvertibleProgram` then runs it on the two
+    halves; a subclass that overrides one of them runs on whole tensors)."""
+    cls = type(module)
+    return isinstance(module, AdditiveCoupling) and all(
+        getattr(cls, name) is getattr(AdditiveCoupling, name) for name in ("forward", "inverse", "backward_by_inversion")
+    )
+
+
 class StandardBlock(nn.Module):
     """The coupling function of the iUNet library: ``block_depth`` x (conv -> LeakyReLU ->
     layer norm), with ``zero_init`` setting the last norm's affine map to zero (the paper's

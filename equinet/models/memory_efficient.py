@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from equinet.models.invertible import runs_on_halves
 from equinet.sampling.orthogonal import samples_contiguous
 from equinet.sampling.polyphase import max_norm_phase
 
@@ -166,7 +167,9 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 class InvertibleProgram:
     """The steps plus the three ways to run them: forward, inverse, and backward-by-inversion
-    (with autograd functionally, without it in place: see :class:`_Workspace`)."""
+    (with autograd functionally, without it in place: see :class:`_Workspace`). Additive
+    couplings (:func:`~equinet.models.invertible.runs_on_halves`) run on the two halves of the
+    activation, so a chain of them never concatenates."""
 
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = list(steps)
@@ -207,7 +210,7 @@ class InvertibleProgram:
         for step in self.steps:
             if step.kind == "apply":
                 module = step.module
-                if hasattr(module, "forward_pair"):
+                if runs_on_halves(module):
                     top = ws.writable(chunks[-1]) if ws.in_place else chunks[-1]
                     chunks[-1] = module.forward_pair(*ws.halves(top, module.split), inplace=ws.in_place)
                 else:
@@ -233,7 +236,7 @@ class InvertibleProgram:
         for step in reversed(self.steps):
             if step.kind == "apply":
                 module = step.module
-                if hasattr(module, "inverse_pair"):
+                if runs_on_halves(module):
                     top = ws.writable(chunks[-1]) if ws.in_place else chunks[-1]
                     y1, y2 = ws.halves(top, _width(top) - module.split)
                     chunks[-1] = module.inverse_pair(y1, y2, inplace=ws.in_place)
@@ -279,7 +282,7 @@ class InvertibleProgram:
         for step in reversed(self.steps):
             if step.kind in ("apply", "down", "up"):
                 module, ps = step.module, self.step_params(step)
-                if hasattr(module, "backward_pair"):
+                if runs_on_halves(module):
                     top, gtop = ws.writable(vals[-1]), ws.writable(grads[-1])
                     c2 = _width(top) - module.split
                     x1, x2, gx1, gx2, gps = module.backward_pair(
@@ -306,7 +309,7 @@ class InvertibleProgram:
         """One block's reconstruction and backward, the results in the memory of ``y``, ``gy``
         where the shapes allow (``backward_by_inversion(..., in_place=True)`` where the module
         offers it; otherwise inversion and a local autograd graph)."""
-        custom = getattr(module, "backward_by_inversion", None)
+        custom = getattr(module, "backward_by_inversion", None) if _describes_forward(module) else None
         if custom is not None and getattr(module, "backward_in_place", False):
             return custom(y, gy, ps, *offset, in_place=True)
         if custom is not None:
@@ -322,6 +325,17 @@ class InvertibleProgram:
         if x.shape == y.shape:
             x, gx = y.copy_(x), gy.copy_(gx)
         return x.detach(), gx, gps
+
+
+def _describes_forward(module: nn.Module) -> bool:
+    """Whether the module's ``backward_by_inversion`` belongs to its ``forward`` and ``inverse``: not
+    when it is inherited from a class whose forward or inverse a subclass has overridden."""
+
+    def owner(name):
+        return next((c for c in type(module).__mro__ if name in c.__dict__), object)
+
+    custom = owner("backward_by_inversion")
+    return issubclass(custom, owner("forward")) and issubclass(custom, owner("inverse"))
 
 
 def _fresh_outputs(outs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
