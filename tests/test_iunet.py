@@ -428,7 +428,8 @@ def test_sub_batched_recomputation_matches_plain_backprop_and_is_off_for_batch_s
     for a, b in zip(_grads(net, x, weight, custom=True), _grads(net, x, weight, custom=False)):
         assert (a - b).norm() <= 1e-10 * b.norm()
     # batch norm in training mode couples the samples: a no-grad forward keeps the whole batch
-    bn = iUNet(4, architecture=(1, 1), create_module_fn=BatchNormCoupling, disable_custom_gradient=True, verbose=0)
+    bn = iUNet(4, architecture=(1, 1), create_module_fn=BatchNormCoupling, disable_custom_gradient=True,
+               verbose=0)
     x = torch.randn(4, 4, 8, 8)
     with torch.no_grad():
         inference = bn(x)
@@ -455,13 +456,14 @@ def test_coupling_subclasses_with_their_own_forward_run_on_whole_tensors():
     """Neither the halves nor the inherited backward_by_inversion may stand in for a subclass's
     own forward (the gradients then come from inversion and local autograd)."""
     x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
-    single = make(torch.float64, channels=(4,), architecture=(2,), create_module_fn=ScaledCoupling, module_kwargs={})
+    kw = dict(create_module_fn=ScaledCoupling, module_kwargs={})
+    single = make(torch.float64, channels=(4,), architecture=(2,), **kw)
     with torch.no_grad():
         reference = x
         for block in [*single.encoder_modules[0], *single.decoder_modules[0]]:
             reference = block(reference)
         torch.testing.assert_close(single(x), reference, rtol=0, atol=1e-14)
-    net = make(torch.float64, channels=(4, 8), architecture=(2, 1), create_module_fn=ScaledCoupling, module_kwargs={})
+    net = make(torch.float64, channels=(4, 8), architecture=(2, 1), **kw)
     with torch.no_grad():
         assert rel(net.inverse(net(x)), x) <= 1e-12
     weight = torch.randn_like(x)

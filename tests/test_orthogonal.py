@@ -554,7 +554,8 @@ def test_block_kernels_match_the_reference_in_pieces_and_in_place(dim, data, cha
         torch.testing.assert_close(ortho.block_up(y, a, stride)[0], x, rtol=0, atol=1e-13)
         columns = grad.reshape(batch, channels, sigma, -1)
         ref_gram = torch.einsum("bcin,bckn->cik", columns, _blocks_of(x, stride))
-        torch.testing.assert_close(ortho.block_down(x, a, stride, gram_with=grad)[1], ref_gram, rtol=0, atol=1e-12)
+        gram = ortho.block_down(x, a, stride, gram_with=grad)[1]
+        torch.testing.assert_close(gram, ref_gram, rtol=0, atol=1e-12)
         torch.testing.assert_close(ortho.block_up(grad, a, stride, gram_with=ref_y)[1] @ a, ref_gram,
                                    rtol=0, atol=1e-12)
         geo = ortho._Blocks.of_fine(x, stride)
@@ -569,17 +570,20 @@ def test_block_kernels_match_the_reference_in_pieces_and_in_place(dim, data, cha
         ref_gx = (a.transpose(1, 2) @ columns).reshape(batch, channels, *stride, *blocks)
         for in_place in (False, True):
             yy, gg = ref_y.clone(), grad.clone()
-            out = (ortho.reinterpret(yy, geo.fine_shape), ortho.reinterpret(gg, geo.fine_shape)) if in_place else None
+            out = (ortho.reinterpret(yy, geo.fine_shape), ortho.reinterpret(gg, geo.fine_shape))
+            out = out if in_place else None
             x_rec, gx, ga = ortho.invert_block_down(yy, gg, a, stride, out=out)
             torch.testing.assert_close(x_rec, x, rtol=0, atol=1e-13)
             torch.testing.assert_close(_blocks_of(gx, stride), ref_gx.reshape(batch, channels, sigma, -1),
                                        rtol=0, atol=1e-13)
             torch.testing.assert_close(ga, ref_gram, rtol=0, atol=1e-12)
             xx, gf = x.clone(), grad_fine.clone()
-            out = (ortho.reinterpret(xx, geo.coarse_shape), ortho.reinterpret(gf, geo.coarse_shape)) if in_place else None
+            out = (ortho.reinterpret(xx, geo.coarse_shape), ortho.reinterpret(gf, geo.coarse_shape))
+            out = out if in_place else None
             w, gw, ga = ortho.invert_block_up(xx, gf, a, stride, out=out)
             torch.testing.assert_close(w, ref_y, rtol=0, atol=1e-13)
-            torch.testing.assert_close(gw, (a @ _blocks_of(grad_fine, stride)).reshape(grad.shape), rtol=0, atol=1e-13)
+            ref_gw = (a @ _blocks_of(grad_fine, stride)).reshape(grad.shape)
+            torch.testing.assert_close(gw, ref_gw, rtol=0, atol=1e-13)
             torch.testing.assert_close(ga, torch.einsum("bcin,bckn->cik", ref_y.reshape(columns.shape),
                                                         _blocks_of(grad_fine, stride)), rtol=0, atol=1e-12)
     finally:
@@ -604,5 +608,6 @@ def test_layers_in_place_equal_out_of_place_and_double_backward(method, monkeypa
         w = down.orthogonal.weight
         assert torch.autograd.gradgradcheck(lambda x_, w_: down(x_), (xg, w), atol=1e-6)
         up = down.inverse()
-        yg = torch.randn(2, 2 * math.prod(stride), *([2] + [1] * (dim - 1)), dtype=torch.float64, requires_grad=True)
+        coarse = (2, 2 * math.prod(stride), *([2] + [1] * (dim - 1)))
+        yg = torch.randn(coarse, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradgradcheck(lambda y_, w_: up(y_), (yg, w), atol=1e-6)

@@ -194,6 +194,7 @@ def test_rolls_and_soft_mixing_gradients(case):
     assert torch.autograd.gradcheck(lambda t: roll_per_sample(t, index[:2], stride), (xs,))
     assert torch.autograd.gradgradcheck(lambda t: roll_per_sample(t, index[:2], stride, -1), (xs,))
     B, S = xs.shape[0], int(np.prod(stride))
-    w = torch.softmax(torch.randn(B, S, generator=g, dtype=torch.float64), 1).view(B, *stride).requires_grad_(True)
+    w = torch.softmax(torch.randn(B, S, generator=g, dtype=torch.float64), 1).view(B, *stride)
+    w.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t, v: roll_mix(t, v, stride), (xs, w))
     assert torch.autograd.gradcheck(lambda t, v: mix_polyphase(t, v, stride), (xs, w))

@@ -91,7 +91,9 @@ class AdditiveCoupling(nn.Module):
         f = self.F(y1)
         return (y2.sub_(f) if inplace else y2 - f), y1
 
-    def backward_pair(self, y1, y2, grad_y1, grad_y2, params, inplace: bool = False, inplace_grad: bool = False):
+    def backward_pair(
+        self, y1, y2, grad_y1, grad_y2, params, inplace: bool = False, inplace_grad: bool = False
+    ):
         """Reconstruct ``(x1, x2)`` from ``(y1, y2)`` and back-propagate, evaluating ``F`` once
         (RevNet trick): ``x2 = y1`` bit for bit, so ``F(x2)`` equals the forward's value;
         ``grad_x1 = grad_y2`` and ``grad_x2 = grad_y1 + (dF/dx2)^T grad_y2``. ``inplace`` /
@@ -110,7 +112,9 @@ class AdditiveCoupling(nn.Module):
             del f
             if grads[0] is not None:
                 grad_x2[s].add_(grads[0])
-            grad_params = [g if a is None else a if g is None else a + g for a, g in zip(grad_params, grads[1:])]
+            grad_params = [
+                g if a is None else a if g is None else a + g for a, g in zip(grad_params, grads[1:])
+            ]
         return x1, y1, grad_y2, grad_x2, tuple(grad_params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +129,8 @@ class AdditiveCoupling(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[Optional[torch.Tensor], ...]]:
         """:meth:`backward_pair` on whole tensors: ``(x, grad_x, grad_params)``."""
         c2 = y.shape[1] - self.split
-        x1, x2, g1, g2, grads = self.backward_pair(y[:, :c2], y[:, c2:], grad_y[:, :c2], grad_y[:, c2:], params)
+        halves = (y[:, :c2], y[:, c2:], grad_y[:, :c2], grad_y[:, c2:])
+        x1, x2, g1, g2, grads = self.backward_pair(*halves, params)
         return torch.cat([x1, x2], dim=1), torch.cat([g1, g2], dim=1), grads
 
     def extra_repr(self) -> str:
@@ -138,7 +143,8 @@ def runs_on_halves(module: nn.Module) -> bool:
     halves; a subclass that overrides one of them runs on whole tensors)."""
     cls = type(module)
     return isinstance(module, AdditiveCoupling) and all(
-        getattr(cls, name) is getattr(AdditiveCoupling, name) for name in ("forward", "inverse", "backward_by_inversion")
+        getattr(cls, name) is getattr(AdditiveCoupling, name)
+        for name in ("forward", "inverse", "backward_by_inversion")
     )
 
 
@@ -272,7 +278,9 @@ class InvertibleChannelMixing(nn.Module):
             out = torch.bmm(part, _pixels(c)) if out is None else out.baddbmm_(part, _pixels(c))
             start += c.shape[1]
         if start != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects {self.in_channels} channels, got chunks of {start}")
+            raise ValueError(
+                f"{type(self).__name__} expects {self.in_channels} channels, got chunks of {start}"
+            )
         return out.view(chunks[0].shape[0], self.in_channels, *chunks[0].shape[2:])
 
     def _mix_in_place(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

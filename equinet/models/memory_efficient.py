@@ -78,7 +78,8 @@ def _merged_view(chunks: Chunks) -> Optional[torch.Tensor]:
         ):
             return None
         offset += t.shape[1] * t.stride(1)
-    return first.as_strided((first.shape[0], _width(chunks), *first.shape[2:]), first.stride(), first.storage_offset())
+    size = (first.shape[0], _width(chunks), *first.shape[2:])
+    return first.as_strided(size, first.stride(), first.storage_offset())
 
 
 class _Workspace:

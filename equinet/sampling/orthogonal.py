@@ -365,7 +365,9 @@ def reinterpret(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """The memory of ``t`` (see :func:`samples_contiguous`) seen with another shape that has as
     many elements per sample: each sample keeps its range of memory."""
     if not samples_contiguous(t) or shape[0] != t.shape[0] or math.prod(shape[1:]) != math.prod(t.shape[1:]):
-        raise ValueError(f"cannot view a tensor of shape {tuple(t.shape)}, strides {t.stride()} as {tuple(shape)}")
+        raise ValueError(
+            f"cannot view a tensor of shape {tuple(t.shape)}, strides {t.stride()} as {tuple(shape)}"
+        )
     strides, step = [], 1
     for size in reversed(shape[1:]):
         strides.append(step)
@@ -405,7 +407,8 @@ class _Blocks:
         shape = list(fine.shape[:2])
         for n, s in zip(self.n, self.stride):
             shape += [n, s]
-        return fine.reshape(shape).permute(0, 1, *(3 + 2 * i for i in range(d)), *(2 + 2 * i for i in range(d)))
+        order = (0, 1, *(3 + 2 * i for i in range(d)), *(2 + 2 * i for i in range(d)))
+        return fine.reshape(shape).permute(order)
 
     def pieces(self, device: torch.device, in_place: bool = False, whole_batch: bool = True):
         """``(batch slice, fine channel slice, coarse channel slice)`` pieces (see
@@ -442,7 +445,8 @@ class _Blocks:
         blocks = self.blocks(fine)
         if not copy:
             return blocks.reshape(-1, self.sigma, self.count)
-        out = torch.empty((blocks.shape[0] * blocks.shape[1], self.sigma, self.count), dtype=fine.dtype, device=fine.device)
+        rows = blocks.shape[0] * blocks.shape[1]
+        out = torch.empty((rows, self.sigma, self.count), dtype=fine.dtype, device=fine.device)
         out.view(blocks.shape).copy_(blocks)
         return out
 
@@ -692,7 +696,8 @@ class _OrthogonalResampling(nn.Module):
     def _upsample_in_place(self, y: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check(y, self.high_channels, "input", False)
         geo = _Blocks.of_coarse(y, self.stride)
-        x = block_up(y, self.orthogonal.matrix(y.dtype).detach(), self.stride, out=reinterpret(y, geo.fine_shape))[0]
+        a = self.orthogonal.matrix(y.dtype).detach()
+        x = block_up(y, a, self.stride, out=reinterpret(y, geo.fine_shape))[0]
         return x if offset is None else x.copy_(roll_per_sample(x, offset, self.stride, sign=+1))
 
     # -- backward by inversion (memory-efficient backprop, equinet.models.memory_efficient) ---

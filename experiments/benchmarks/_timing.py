@@ -23,7 +23,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 
-def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2) -> Dict[str, float]:
+def interleaved_medians(
+    fns: Dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2
+) -> Dict[str, float]:
     """Median seconds per call of each function, timed round-robin so drift hits all alike."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -150,7 +152,9 @@ class Target:
         return f"| {self.measure} | {self.anchor} | {shown}{extra} | <= {self.bound:g}x | {verdict} |"
 
 
-def print_targets(title: str, targets: Sequence[Target], check: bool, header_note: Optional[str] = None) -> bool:
+def print_targets(
+    title: str, targets: Sequence[Target], check: bool, header_note: Optional[str] = None
+) -> bool:
     """Print the target table; with ``check`` exit 1 if any target is missed. Returns all-met."""
     print(f"\n{title}")
     if header_note:
@@ -160,7 +164,10 @@ def print_targets(title: str, targets: Sequence[Target], check: bool, header_not
     for t in targets:
         print(t.row())
     missed = [t.measure for t in targets if not t.met]
-    print(f"\n{len(targets) - len(missed)}/{len(targets)} targets met" + (f"; missed: {', '.join(missed)}" if missed else ""))
+    print(
+        f"\n{len(targets) - len(missed)}/{len(targets)} targets met"
+        + (f"; missed: {', '.join(missed)}" if missed else "")
+    )
     if check and missed:
         raise SystemExit(1)
     return not missed

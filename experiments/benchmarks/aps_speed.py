@@ -47,8 +47,10 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     shapes = [(4, 64, 128, 128), (4, 128, 64, 64), (16, 32, 160, 160)]
-    print(f"threads={torch.get_num_threads()}  device={args.device}  time: {clock_name(device)}  "
-          f"repeats={args.repeats}")
+    print(
+        f"threads={torch.get_num_threads()}  device={args.device}  time: {clock_name(device)}  "
+        f"repeats={args.repeats}"
+    )
     print("| input (B,C,H,W) | equal outputs | straightforward / equinet (fwd+bwd), median [min, max] |")
     print("|---|---|---:|")
     worst = float("inf")
@@ -62,8 +64,12 @@ def main() -> None:
         def step(fn):
             return lambda: torch.autograd.grad(fn(x).sum(), x)
 
-        ratios = paired_ratios({"naive": step(aps_down_straightforward), "ours": step(aps_down_equinet)},
-                               "ours", device, repeats=args.repeats)
+        ratios = paired_ratios(
+            {"naive": step(aps_down_straightforward), "ours": step(aps_down_equinet)},
+            "ours",
+            device,
+            repeats=args.repeats,
+        )
         worst = min(worst, summary(ratios["naive"])[0])
         print(f"| {shape} | {same} | {fmt_range(ratios['naive'])} |")
         if not same:

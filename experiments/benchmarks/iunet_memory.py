@@ -53,16 +53,29 @@ def build(impl: str, depth: int, plain: bool, args) -> torch.nn.Module:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            net = iunets.iUNet(channels[0], (depth,) * args.levels, dim=2, module_kwargs={"block_depth": 2},
-                               disable_custom_gradient=plain, verbose=0)
+            net = iunets.iUNet(
+                channels[0],
+                (depth,) * args.levels,
+                dim=2,
+                module_kwargs={"block_depth": 2},
+                disable_custom_gradient=plain,
+                verbose=0,
+            )
     else:
-        net = iUNet(channels, (depth,) * args.levels, dim=2, module_kwargs={"block_depth": 2, "zero_init": False},
-                    disable_custom_gradient=plain, verbose=0)
+        net = iUNet(
+            channels,
+            (depth,) * args.levels,
+            dim=2,
+            module_kwargs={"block_depth": 2, "zero_init": False},
+            disable_custom_gradient=plain,
+            verbose=0,
+        )
     return net.to(args.device)
 
 
-def training_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, lr: float = 1e-3,
-                  zero_grad: bool = True) -> None:
+def training_step(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, lr: float = 1e-3, zero_grad: bool = True
+) -> None:
     if zero_grad:
         model.zero_grad(set_to_none=True)
     loss = (model(x) - target).square().mean()
@@ -93,9 +106,26 @@ def measure_one(impl: str, mode: str, depth: int, args) -> Dict[str, float]:
 
 def measure_fresh(impl: str, mode: str, depth: int, args) -> Dict[str, float]:
     """:func:`measure_one` in a fresh process (nothing cached from other configurations)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--one", impl, mode, str(depth), "--device", args.device,
-           "--threads", str(args.threads), "--channels", str(args.channels), "--levels", str(args.levels),
-           "--size", str(args.size), "--batch", str(args.batch)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--one",
+        impl,
+        mode,
+        str(depth),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--channels",
+        str(args.channels),
+        "--levels",
+        str(args.levels),
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -118,7 +148,9 @@ def main(argv=None) -> Dict[str, float]:
     parser.add_argument("--repeats", type=int, default=9, help="timed step pairs per depth")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--anchors", action="store_true", help="measure iunets + memcnn instead of the issue's figures")
+    parser.add_argument(
+        "--anchors", action="store_true", help="measure iunets + memcnn instead of the issue's figures"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "MODE", "DEPTH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -130,29 +162,44 @@ def main(argv=None) -> Dict[str, float]:
         return {}
 
     device = torch.device(args.device)
-    print(f"iUNet training step, 2D, channels {tuple(args.channels * 2**i for i in range(args.levels))}, input "
-          f"({args.batch}, {args.channels}, {args.size}, {args.size}), 2 convs per block, device {args.device}, "
-          f"threads {torch.get_num_threads()}, time: {clock_name(device)}", flush=True)
-    memory = {(impl, mode, d): measure_fresh(impl, mode, d, args)
-              for d in args.depths for impl, mode in (("equinet", "memory-efficient"), ("equinet", "plain"))}
+    print(
+        f"iUNet training step, 2D, channels {tuple(args.channels * 2**i for i in range(args.levels))}, "
+        f"input ({args.batch}, {args.channels}, {args.size}, {args.size}), 2 convs per block, "
+        f"device {args.device}, "
+        f"threads {torch.get_num_threads()}, time: {clock_name(device)}",
+        flush=True,
+    )
+    memory = {
+        (impl, mode, d): measure_fresh(impl, mode, d, args)
+        for d in args.depths
+        for impl, mode in (("equinet", "memory-efficient"), ("equinet", "plain"))
+    }
     if args.anchors:
         for d in args.depths:
             memory[("iunets", "memory-efficient", d)] = measure_fresh("iunets", "memory-efficient", d, args)
             memory[("iunets", "plain", d)] = measure_fresh("iunets", "plain", d, args)
-        anchors = {"memcnn": {d: memory[("iunets", "memory-efficient", d)]["peak"] / MIB for d in args.depths},
-                   "iunets plain": {d: memory[("iunets", "plain", d)]["peak"] / MIB for d in args.depths}}
+        anchors = {
+            "memcnn": {d: memory[("iunets", "memory-efficient", d)]["peak"] / MIB for d in args.depths},
+            "iunets plain": {d: memory[("iunets", "plain", d)]["peak"] / MIB for d in args.depths},
+        }
         source = "measured here"
     else:
         anchors, source = ISSUE_ANCHORS, "issue 12's figures"
     times = {d: time_ratios(d, args) for d in args.depths}
 
-    print("\n| blocks/level | memory-efficient MiB | plain MiB | memcnn MiB | iunets plain MiB | "
-          "param grads MiB | time ME/plain |")
+    print(
+        "\n| blocks/level | memory-efficient MiB | plain MiB | memcnn MiB | iunets plain MiB | "
+        "param grads MiB | time ME/plain |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for d in args.depths:
         me, pl = memory[("equinet", "memory-efficient", d)], memory[("equinet", "plain", d)]
-        print(f"| {d} | {me['peak'] / MIB:.2f} | {pl['peak'] / MIB:.2f} | {anchors['memcnn'].get(d, float('nan')):.2f} | "
-              f"{anchors['iunets plain'].get(d, float('nan')):.2f} | {me['grads'] / MIB:.2f} | {fmt_range(times[d])} |")
+        print(
+            f"| {d} | {me['peak'] / MIB:.2f} | {pl['peak'] / MIB:.2f} | "
+            f"{anchors['memcnn'].get(d, float('nan')):.2f} | "
+            f"{anchors['iunets plain'].get(d, float('nan')):.2f} | "
+            f"{me['grads'] / MIB:.2f} | {fmt_range(times[d])} |"
+        )
 
     d0, d1 = args.depths[0], args.depths[-1]
     me0, me1 = memory[("equinet", "memory-efficient", d0)], memory[("equinet", "memory-efficient", d1)]
@@ -161,32 +208,61 @@ def main(argv=None) -> Dict[str, float]:
     targets = []
     for d in args.depths:
         if d in anchors["memcnn"]:
-            targets.append(Target(f"memory-efficient peak, {d} blocks / memcnn",
-                                  [memory[("equinet", "memory-efficient", d)]["peak"] / MIB / anchors["memcnn"][d]],
-                                  TARGETS["me_vs_memcnn"], f"{anchors['memcnn'][d]:.1f} MiB"))
+            targets.append(
+                Target(
+                    f"memory-efficient peak, {d} blocks / memcnn",
+                    [memory[("equinet", "memory-efficient", d)]["peak"] / MIB / anchors["memcnn"][d]],
+                    TARGETS["me_vs_memcnn"],
+                    f"{anchors['memcnn'][d]:.1f} MiB",
+                )
+            )
     memcnn_growth = anchors["memcnn"].get(d1, float("nan")) / anchors["memcnn"].get(d0, float("nan"))
-    targets.append(Target(f"memory-efficient peak growth {d0} -> {d1} blocks", [growth], TARGETS["me_growth"],
-                          f"memcnn {memcnn_growth:.2f}x",
-                          f"(without the parameter gradients, {(me1['grads'] - me0['grads']) / MIB:.1f} MiB more at "
-                          f"{d1} blocks: {growth_activations:.3f}x)"))
+    targets.append(
+        Target(
+            f"memory-efficient peak growth {d0} -> {d1} blocks",
+            [growth],
+            TARGETS["me_growth"],
+            f"memcnn {memcnn_growth:.2f}x",
+            f"(without the parameter gradients, {(me1['grads'] - me0['grads']) / MIB:.1f} MiB more at "
+            f"{d1} blocks: {growth_activations:.3f}x)",
+        )
+    )
     for d in args.depths:
         if d in anchors["iunets plain"]:
-            targets.append(Target(f"plain peak, {d} blocks / iunets plain",
-                                  [memory[("equinet", "plain", d)]["peak"] / MIB / anchors["iunets plain"][d]],
-                                  TARGETS["plain_vs_iunets"], f"{anchors['iunets plain'][d]:.0f} MiB"))
+            targets.append(
+                Target(
+                    f"plain peak, {d} blocks / iunets plain",
+                    [memory[("equinet", "plain", d)]["peak"] / MIB / anchors["iunets plain"][d]],
+                    TARGETS["plain_vs_iunets"],
+                    f"{anchors['iunets plain'][d]:.0f} MiB",
+                )
+            )
     for d in args.depths:
-        targets.append(Target(f"memory-efficient / plain step time, {d} blocks", times[d], TARGETS["time"],
-                              "memcnn 1.69-1.90x"))
+        targets.append(
+            Target(
+                f"memory-efficient / plain step time, {d} blocks",
+                times[d],
+                TARGETS["time"],
+                "memcnn 1.69-1.90x",
+            )
+        )
     print_targets(f"Targets (anchors: {source})", targets, args.check)
     return {
         "me_peak_growth": growth,
         "me_activation_growth": growth_activations,
-        "plain_peak_growth": memory[("equinet", "plain", d1)]["peak"] / memory[("equinet", "plain", d0)]["peak"],
+        "plain_peak_growth": memory[("equinet", "plain", d1)]["peak"]
+        / memory[("equinet", "plain", d0)]["peak"],
         "time_overhead": max(statistics.median(times[d]) for d in args.depths),
-        "me_vs_memcnn": {d: memory[("equinet", "memory-efficient", d)]["peak"] / MIB / anchors["memcnn"][d]
-                         for d in args.depths if d in anchors["memcnn"]},
-        "plain_vs_iunets": {d: memory[("equinet", "plain", d)]["peak"] / MIB / anchors["iunets plain"][d]
-                            for d in args.depths if d in anchors["iunets plain"]},
+        "me_vs_memcnn": {
+            d: memory[("equinet", "memory-efficient", d)]["peak"] / MIB / anchors["memcnn"][d]
+            for d in args.depths
+            if d in anchors["memcnn"]
+        },
+        "plain_vs_iunets": {
+            d: memory[("equinet", "plain", d)]["peak"] / MIB / anchors["iunets plain"][d]
+            for d in args.depths
+            if d in anchors["iunets plain"]
+        },
     }
 
 

@@ -61,14 +61,35 @@ def main(argv=None) -> None:
     with torch.no_grad():  # the same map (up to rounding)
         kernel = layer.orthogonal.matrix(x.dtype).reshape(4 * c, 1, 2, 2)
         err = (layer(x) - F.conv2d(x, kernel, stride=2, groups=c)).abs().max().item()
-    ratios = paired_ratios({"pixel_unshuffle": unshuffle, "orthogonal": orthogonal, "conv": grouped_conv},
-                           "pixel_unshuffle", device, repeats=args.repeats, warmup=2)
-    print(f"orthogonal downsampling ({args.method}, learnable, stride 2) of {tuple(args.shape)}, forward+backward, "
-          f"device {args.device}, threads {torch.get_num_threads()}, time: {clock_name(device)}; "
-          f"max |difference| to the grouped convolution {err:.1e}")
-    print(f"strided grouped convolution (the former implementation) / pixel_unshuffle: {fmt_range(ratios['conv'])}")
-    print_targets("Target", [Target(f"orthogonal down, fwd+bwd, {tuple(args.shape)} / pixel_unshuffle",
-                                    ratios["orthogonal"], TARGET, ANCHOR)], args.check)
+    ratios = paired_ratios(
+        {"pixel_unshuffle": unshuffle, "orthogonal": orthogonal, "conv": grouped_conv},
+        "pixel_unshuffle",
+        device,
+        repeats=args.repeats,
+        warmup=2,
+    )
+    print(
+        f"orthogonal downsampling ({args.method}, learnable, stride 2) of {tuple(args.shape)}, "
+        "forward+backward, "
+        f"device {args.device}, threads {torch.get_num_threads()}, time: {clock_name(device)}; "
+        f"max |difference| to the grouped convolution {err:.1e}"
+    )
+    print(
+        "strided grouped convolution (the former implementation) / pixel_unshuffle: "
+        f"{fmt_range(ratios['conv'])}"
+    )
+    print_targets(
+        "Target",
+        [
+            Target(
+                f"orthogonal down, fwd+bwd, {tuple(args.shape)} / pixel_unshuffle",
+                ratios["orthogonal"],
+                TARGET,
+                ANCHOR,
+            )
+        ],
+        args.check,
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,19 @@ DEFAULT = ["maxpool", "APS", "APS-3", "LPS"]
 def make_step(variant: str, args) -> callable:
     strategy, kwargs = VARIANTS[variant]
     torch.manual_seed(0)
-    net = UNet(1, 1, channels=args.channels, depth=args.depth, sampling=strategy, sampling_kwargs=kwargs,
-               padding_mode="circular").to(args.device).train()
+    net = (
+        UNet(
+            1,
+            1,
+            channels=args.channels,
+            depth=args.depth,
+            sampling=strategy,
+            sampling_kwargs=kwargs,
+            padding_mode="circular",
+        )
+        .to(args.device)
+        .train()
+    )
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 1, args.size, args.size, generator=g).to(args.device)
@@ -74,16 +85,22 @@ def main(argv=None) -> None:
         variants.insert(0, "maxpool")
     steps = {v: make_step(v, args) for v in variants}
     ratios = paired_ratios(steps, "maxpool", device, repeats=args.repeats, warmup=1)
-    print(f"U-Net training step, channels {args.channels}..{args.channels * 2**args.depth} (depth {args.depth}), "
-          f"input ({args.batch}, 1, {args.size}, {args.size}), device {args.device}, "
-          f"threads {torch.get_num_threads()}, time: {clock_name(device)}, {args.repeats} rounds")
+    print(
+        f"U-Net training step, channels {args.channels}..{args.channels * 2**args.depth} "
+        f"(depth {args.depth}), "
+        f"input ({args.batch}, 1, {args.size}, {args.size}), device {args.device}, "
+        f"threads {torch.get_num_threads()}, time: {clock_name(device)}, {args.repeats} rounds"
+    )
     print("| variant | step time / maxpool (median [min, max]) |\n|---|---:|")
     for v in variants:
         print(f"| {v} | {fmt_range(ratios[v])} |")
     if skipped:
         print(f"(not available in this installation: {', '.join(skipped)})")
-    targets = [Target(f"{'APS-1' if v == 'APS' else v} U-Net train step / maxpool", ratios[v], bound, anchor)
-               for v, (bound, anchor) in TARGETS.items() if v in ratios]
+    targets = [
+        Target(f"{'APS-1' if v == 'APS' else v} U-Net train step / maxpool", ratios[v], bound, anchor)
+        for v, (bound, anchor) in TARGETS.items()
+        if v in ratios
+    ]
     if targets:
         print_targets("Targets", targets, args.check)
 
