@@ -10,12 +10,15 @@ activation, below it the skip connections of a U-Net):
 * ``concat`` -- ``(skip, top) -> cat([skip, top])``.
 
 :class:`MemoryEfficientBackprop` runs the whole program inside one autograd ``Function``: the
-forward runs without building a graph and saves only the program's outputs; the backward walks
+forward runs without building a graph and keeps only the program's outputs; the backward walks
 the steps in reverse, reconstructing each step's input from its output by inversion
 (``x = f^{-1}(y)``, iUNet paper Sec. 1) and back-propagating through that step alone. Peak
 memory is therefore one activation (plus the U-Net's skip tensors and one step's graph)
-independent of the number of blocks (Gomez et al. 2017). Nothing here touches the storage of
-tensors the caller owns.
+independent of the number of blocks (Gomez et al. 2017). Both passes run in place, in one
+buffer for the activation and one for its gradient (:class:`_Workspace`), and a coupling's graph
+is built one sub-batch at a time (:class:`~equinet.models.invertible.AdditiveCoupling`); the
+output is let go as soon as the backward pass has copied it, unless the graph is retained.
+Nothing here writes to tensors the caller owns.
 
 Limits (checked, with clear errors): blocks must be deterministic functions of their input
 (no dropout, no batch statistics in training mode); double backward (``create_graph=True``)

@@ -6,6 +6,9 @@ its own orthogonal ``sigma x sigma`` matrix ``A_c`` whose ``i``-th row, reshaped
 (row-major), is output filter ``c * sigma + i`` (Theorem 4's reordering ``R``). The windows do
 not overlap, so the operator is orthogonal: it preserves the l2 norm and its inverse is the
 transposed convolution with the same kernel (= the matching upsampling, Definition 3).
+It is computed as what it is: a permutation of the pixels into blocks (``pixel_unshuffle``)
+and one ``sigma x sigma`` matrix product per channel, forward and backward, in cache-sized pieces
+on the CPU and, without autograd, in place (see :func:`block_down`).
 
 Parametrisation. ``A(theta) = Q(theta) @ B`` with ``Q(theta_0) = I``:
 
@@ -608,7 +611,7 @@ class _BlockUp(torch.autograd.Function):
 
 
 class _OrthogonalResampling(nn.Module):
-    """Shared machinery: ``low_channels`` orthogonal matrices reordered into a strided kernel."""
+    """Shared machinery: ``low_channels`` orthogonal matrices acting on the blocks of the fine side."""
 
     dim: int = 0
     backward_in_place = True  # backward_by_inversion(..., in_place=True) is supported
