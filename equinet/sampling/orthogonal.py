@@ -348,7 +348,7 @@ def piece_slices(length: int, elements_per_index: int, device: torch.device, in_
     """Slices of ``range(length)`` covering about :data:`_PIECE_ELEMENTS` elements each on the CPU
     (``elements_per_index`` per index); elsewhere one slice (``_DEVICE_PIECE_ELEMENTS`` in place)."""
     limit = _piece_limit(device, in_place)
-    step = length if limit is None else max(1, limit // max(1, elements_per_index))
+    step = max(1, length) if limit is None else max(1, limit // max(1, elements_per_index))
     for start in range(0, length, step):
         yield slice(start, start + step)
 
