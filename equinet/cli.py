@@ -11,6 +11,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from equinet.errors import one_line_errors
+
 # subcommand -> "module:function"; each function takes the remaining argv.
 SUBCOMMANDS = {
     "data": "equinet.data.cli:main",
@@ -30,6 +32,9 @@ examples:
   equinet fit --config experiments/configs/fastmri/aps.yaml --data.root /data/knee --ckpt_path last
   equinet test --config experiments/configs/fastmri/aps.yaml --data.root /data/knee --ckpt_path last
   equinet fit --config experiments/configs/fastmri/aps.yaml --print_config
+
+A mistake (unknown option, missing dataset root, ...) ends with a one-line error saying what to
+do; EQUINET_DEBUG=1 shows the full traceback instead.
 """
 
 
@@ -44,13 +49,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(USAGE, end="")
         return
     command, rest = argv[0], argv[1:]
-    if command in SUBCOMMANDS:
-        _resolve(SUBCOMMANDS[command])(rest)
-    elif command in LIGHTNING_SUBCOMMANDS:
-        _resolve("equinet.lightning.cli:lightning_main")(argv)
-    else:
+    if command not in SUBCOMMANDS and command not in LIGHTNING_SUBCOMMANDS:
         sys.stderr.write(f"equinet: unknown command {command!r}\n\n{USAGE}")
         raise SystemExit(2)
+    with one_line_errors(f"equinet {command}"):
+        if command in SUBCOMMANDS:
+            _resolve(SUBCOMMANDS[command])(rest)
+        else:
+            _resolve("equinet.lightning.cli:lightning_main")(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

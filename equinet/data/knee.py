@@ -132,8 +132,7 @@ class FastMRIDataModule(ReconDataModule):
 
     Args:
         root: folder holding ``singlecoil_train/``, ``singlecoil_val/`` (and optionally
-            ``singlecoil_test/``) with fastMRI ``.h5`` files. ``None``: generate a synthetic
-            dataset in that format once under ``data_dir`` and use it.
+            ``singlecoil_test/``) with fastMRI ``.h5`` files. Required unless ``synthetic``.
         challenge: ``"singlecoil"`` (the only one supported).
         mask_type: fastMRI mask (``random``, ``equispaced``, ``equispaced_fraction``, ``magic``,
             ``magic_fraction``).
@@ -151,6 +150,8 @@ class FastMRIDataModule(ReconDataModule):
         pin_memory: DataLoader ``pin_memory``.
         data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or the user
             cache folder (``~/.cache/equinet`` on Linux).
+        synthetic: instead of a ``root``, generate a small synthetic dataset in the fastMRI format
+            once under ``data_dir`` and use it (phantoms; for trying things out, never a fallback).
         synthetic_volumes: training volumes of the synthetic default (val/test get ``max(2, N // 4)``).
         synthetic_slices: slices per synthetic volume.
         synthetic_size: reconstruction size of the synthetic data (320 = real fastMRI; k-space is
@@ -174,6 +175,7 @@ class FastMRIDataModule(ReconDataModule):
         use_dataset_cache: bool = False,
         pin_memory: bool = False,
         data_dir: Optional[str] = None,
+        synthetic: bool = False,
         synthetic_volumes: int = 8,
         synthetic_slices: int = 8,
         synthetic_size: int = 320,
@@ -192,10 +194,11 @@ class FastMRIDataModule(ReconDataModule):
         if crop_size < 1:
             raise ValueError(f"crop_size must be positive, got {crop_size}")
         if root is None and synthetic_size < crop_size:
-            raise ValueError(f"synthetic_size={synthetic_size} is smaller than crop_size={crop_size}")
+            raise ValueError(f"crop_size={crop_size} is larger than the synthetic images (synthetic_size="
+                             f"{synthetic_size}); use crop_size <= {synthetic_size} or synthetic_size >= {crop_size}")
         self.mask_func = make_mask_func(mask_type, center_fractions, accelerations)
         self.save_hyperparameters()
-        self.root = Path(root).expanduser() if root is not None else None
+        self.root = self.check_source(root, synthetic)
         self.challenge = challenge
         self.crop_size = crop_size
         self.sample_rate = sample_rate
@@ -209,6 +212,7 @@ class FastMRIDataModule(ReconDataModule):
     # -- data location -------------------------------------------------------------------------
     synthetic_kind = "knee"
     synthetic_what = "fastMRI knee"
+    root_holds = "singlecoil_train/ and singlecoil_val/ with fastMRI .h5 files"
 
     def synthetic_label(self) -> str:
         s = self.synthetic
