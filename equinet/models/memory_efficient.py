@@ -287,7 +287,8 @@ class InvertibleProgram:
             if step.kind in ("apply", "down", "up"):
                 module, ps = step.module, self.step_params(step)
                 if runs_on_halves(module):
-                    top, gtop = ws.writable(vals[-1]), ws.writable(grads[-1])
+                    # (replace the entries at once: a copied output can then be freed before F runs)
+                    top, gtop = vals[-1], grads[-1] = ws.writable(vals[-1]), ws.writable(grads[-1])
                     c2 = _width(top) - module.split
                     x1, x2, gx1, gx2, gps = module.backward_pair(
                         *ws.halves(top, c2), *ws.halves(gtop, c2), ps, inplace=True, inplace_grad=True
@@ -295,7 +296,8 @@ class InvertibleProgram:
                     vals[-1], grads[-1] = (x1, x2), (gx1, gx2)
                 else:
                     offset = () if step.kind == "apply" else (offsets.pop(),)
-                    (y,), (gy,) = ws.writable(vals[-1], whole=True), ws.writable(grads[-1], whole=True)
+                    vals[-1], grads[-1] = ws.writable(vals[-1], whole=True), ws.writable(grads[-1], whole=True)
+                    (y,), (gy,) = vals[-1], grads[-1]
                     x, gx, gps = self._step_backward(module, y, gy, ps, offset)
                     vals[-1], grads[-1] = (x,), (gx,)
                 accumulate(ps, gps)
