@@ -44,6 +44,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/benchmarks/aps_speed.py
+	$(PY) experiments/benchmarks/orthogonal_speed.py
 	$(PY) experiments/benchmarks/unet_step.py
 	$(PY) experiments/benchmarks/iunet_memory.py
 	$(PY) experiments/benchmarks/data_throughput.py

@@ -31,7 +31,7 @@ def _walk(nodes) -> Iterable:
         yield from _walk(n.children)
 
 
-def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     """Peak tensor memory allocated while ``fn`` runs, relative to before it."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -65,9 +65,66 @@ def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
     return max(0, max(e.extra_fields.total_allocated for e in events) - start)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
+def synchronize(device: torch.device) -> None:
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _cpu_thread_time(device: torch.device) -> bool:
+    return torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+
+
+def clock_name(device: torch.device) -> str:
+    """What :func:`time_call` measures on ``device``."""
+    if torch.device(device).type == "cuda":
+        return "CUDA events"
+    return "thread CPU time" if _cpu_thread_time(device) else "wall clock"
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes: CUDA events on CUDA, the thread's CPU time on a CPU with
+    one torch thread (other processes barely disturb it), else the wall clock."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    clock = time.thread_time if _cpu_thread_time(device) else time.perf_counter
+    synchronize(device)
+    start = clock()
+    fn()
+    synchronize(device)
+    return clock() - start
+
+
+def paired_seconds(
+    fns: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 9, warmup: int = 2
+) -> Dict[str, List[float]]:
+    """Seconds of every function in each of ``repeats`` rounds, A B A B alternation after a warm-up
+    (so load changes on a shared machine hit all of them alike)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    seconds: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            seconds[name].append(time_call(fn, device))
+    return seconds
+
+
+def paired_ratios(
+    fns: Dict[str, Callable[[], object]],
+    reference: str,
+    device: torch.device,
+    repeats: int = 9,
+    warmup: int = 2,
+) -> Dict[str, List[float]]:
+    """Per-round ratios ``time(name) / time(reference)`` of every function (:func:`paired_seconds`)."""
+    seconds = paired_seconds(fns, device, repeats, warmup)
+    return {name: [t / r for t, r in zip(ts, seconds[reference])] for name, ts in seconds.items()}
 
 
 def interleaved_ratio(
@@ -78,26 +135,13 @@ def interleaved_ratio(
     warmup: int = 2,
 ) -> Dict[str, float]:
     """Median over A/B pairs of ``time(candidate) / time(reference)``, and the median times."""
-    device = torch.device(device)
-    cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
-    clock = time.thread_time if cpu_time else time.perf_counter
-    for _ in range(warmup):
-        reference()
-        candidate()
-    times: Dict[str, List[float]] = {"reference": [], "candidate": []}
-    for _ in range(max(1, repeats)):
-        for name, fn in (("reference", reference), ("candidate", candidate)):
-            _synchronize(device)
-            start = clock()
-            fn()
-            _synchronize(device)
-            times[name].append(clock() - start)
-    ratios = [c / r for r, c in zip(times["reference"], times["candidate"]) if r > 0]
+    seconds = paired_seconds({"reference": reference, "candidate": candidate}, device, repeats, warmup)
+    ratios = [c / r for r, c in zip(seconds["reference"], seconds["candidate"]) if r > 0]
     return {
         "ratio": statistics.median(ratios) if ratios else float("nan"),
-        "reference_seconds": statistics.median(times["reference"]),
-        "candidate_seconds": statistics.median(times["candidate"]),
-        "clock": "thread CPU time" if cpu_time else "wall clock",
+        "reference_seconds": statistics.median(seconds["reference"]),
+        "candidate_seconds": statistics.median(seconds["candidate"]),
+        "clock": clock_name(device),
     }
 
 
