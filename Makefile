@@ -1,5 +1,12 @@
 # Two commands a new user needs: `make demo` and `make test`. Both create .venv on first use.
-PYTHON ?= python3.11
+#
+# Python: the first of python3.11, 3.12, 3.13, 3.14, 3.10, python3 that is >= 3.10 (3.11 first:
+# it is the version the pinned wheels are known to install for); `make PYTHON=/path/to/python`
+# chooses another. The venv gets the runtime pins and the test tools (requirements-test.txt);
+# the Docker image gets the runtime pins only (requirements.txt).
+PYTHON_CANDIDATES := python3.11 python3.12 python3.13 python3.14 python3.10 python3
+PYTHON ?= $(shell for p in $(PYTHON_CANDIDATES); do \
+	"$$p" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.equinet-installed
@@ -8,18 +15,26 @@ export WANDB_MODE ?= offline
 .PHONY: demo test test-all bench install clean
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "equinet needs Python >= 3.10; none of $(PYTHON_CANDIDATES) is one. Install one (3.11 preferred)" \
+	       "or run: make PYTHON=/path/to/python3.x $(MAKECMDGOALS)" >&2; exit 1; fi
+	@"$(PYTHON)" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  echo "PYTHON=$(PYTHON) is not Python >= 3.10 (equinet needs 3.10 or newer)" >&2; exit 1; }
+	"$(PYTHON)" -m venv $(VENV)
 
 # Re-install only when the pins or the package metadata change (idempotent).
-$(STAMP): requirements.txt setup.cfg pyproject.toml | $(PY)
-	$(PY) -m pip install -q -r requirements.txt
+$(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -q -r requirements-test.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The demo study: every sampling strategy trained under one budget on synthetic knee data, the
+# APS-U paper's tables and figures in outputs/study/latest (~5-7 min on 2 CPU cores). Running it
+# again reads the finished study back; DEMO_ARGS=--new starts afresh.
 demo: $(STAMP)
-	$(PY) -m equinet equivariance
+	$(PY) -m equinet study --config experiments/study/demo.yaml $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -29,6 +44,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/benchmarks/aps_speed.py
+	$(PY) experiments/benchmarks/orthogonal_speed.py
 	$(PY) experiments/benchmarks/unet_step.py
 	$(PY) experiments/benchmarks/tie_overhead.py
 	$(PY) experiments/benchmarks/iunet_memory.py

@@ -57,11 +57,13 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 
 @contextmanager
-def atomic_directory(final: PathLike) -> Iterator[Path]:
+def atomic_directory(final: PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``final`` and rename it to ``final`` on success.
 
-    If ``final`` appears meanwhile (another process finished first), the temporary copy is
-    discarded. On error the temporary directory is removed: no half-written dataset is left.
+    If ``final`` exists (another process finished first), the temporary copy is discarded, or,
+    with ``replace=True``, swapped in for the old folder, which is then removed (a new set of
+    outputs replaces the old one whole). On error the temporary directory is removed: no
+    half-written dataset is left.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +71,12 @@ def atomic_directory(final: PathLike) -> Iterator[Path]:
     _chmod_like_open(tmp, directory=True)
     try:
         yield tmp
+        if replace and final.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+            return
         try:
             os.rename(tmp, final)
         except OSError:

@@ -491,6 +491,6 @@ def test_imagenet_images_smaller_than_the_crop(imagenet, tmp_path, caplog):
     sample = resize.test_set[1]
     assert sample.fname == "ILSVRC2012_val_00000002.JPEG" and tuple(sample.target.shape) == (1, 32, 32)
     with pytest.raises(ValueError, match="ct_image_size"):
-        ImageNetShiftDataModule(crop_size=64, ct_image_size=32, forward_model="ct")
+        ImageNetShiftDataModule(crop_size=64, ct_image_size=32, forward_model="ct", synthetic=True)
     with pytest.raises(ValueError, match="forward_model"):
         ImageNetShiftDataModule(forward_model="ultrasound")

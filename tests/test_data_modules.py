@@ -373,11 +373,11 @@ def test_imagenet_class_folder_layout_sorted_by_file_name(tmp_path):
 def test_root_none_generates_once_in_the_data_dir_and_uses_the_real_loaders(tmp_path, monkeypatch):
     monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "cache"))
     modules = [
-        FastMRIDataModule(crop_size=16, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2),
+        FastMRIDataModule(crop_size=16, synthetic=True, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2),
         LoDoPaBDataModule(
-            crop_size=16, synthetic_size=20, synthetic_num=3, synthetic_samples_per_file=2, progress=False
+            crop_size=16, synthetic=True, synthetic_size=20, synthetic_num=3, synthetic_samples_per_file=2, progress=False
         ),
-        ImageNetShiftDataModule(crop_size=16, synthetic_size=20, synthetic_num=4, num_images=3),
+        ImageNetShiftDataModule(crop_size=16, synthetic=True, synthetic_size=20, synthetic_num=4, num_images=3),
     ]
     for dm in modules:
         dm.prepare_data()
@@ -385,7 +385,7 @@ def test_root_none_generates_once_in_the_data_dir_and_uses_the_real_loaders(tmp_
         assert dm.resolved_root().is_relative_to(tmp_path / "cache")
         check_batch(next(iter(dm.test_dataloader())), 16)
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
-    again = FastMRIDataModule(crop_size=16, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2)
+    again = FastMRIDataModule(crop_size=16, synthetic=True, synthetic_size=16, synthetic_volumes=2, synthetic_slices=2)
     again.prepare_data()
     again.setup("test")
     assert {
@@ -487,7 +487,7 @@ def test_data_dir_follows_the_platform_cache_convention(tmp_path, monkeypatch):
     monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "team"))
     assert data_dir() == tmp_path / "team"
     assert data_dir(tmp_path / "mine") == tmp_path / "mine"
-    dm = FastMRIDataModule(synthetic_size=16, crop_size=16, data_dir=str(tmp_path / "mine"))
+    dm = FastMRIDataModule(synthetic=True, synthetic_size=16, crop_size=16, data_dir=str(tmp_path / "mine"))
     assert dm.synthetic_root().is_relative_to(tmp_path / "mine")
 
 
@@ -502,13 +502,14 @@ def test_files_written_by_the_data_package_follow_the_umask(tmp_path, umask):
         cache = tmp_path / "cache"
         for dm in (
             FastMRIDataModule(
-                crop_size=16, synthetic_size=16, synthetic_volumes=1, synthetic_slices=1, data_dir=str(cache)
+                crop_size=16, synthetic=True, synthetic_size=16, synthetic_volumes=1, synthetic_slices=1,
+                data_dir=str(cache),
             ),
             LoDoPaBDataModule(
-                crop_size=16, synthetic_size=16, synthetic_num=1, progress=False, data_dir=str(cache)
+                crop_size=16, synthetic=True, synthetic_size=16, synthetic_num=1, progress=False, data_dir=str(cache)
             ),
             ImageNetShiftDataModule(
-                crop_size=16, forward_model="ct", ct_image_size=16, synthetic_size=20, synthetic_num=2,
+                crop_size=16, synthetic=True, forward_model="ct", ct_image_size=16, synthetic_size=20, synthetic_num=2,
                 num_images=2, progress=False, data_dir=str(cache),
             ),
         ):  # fmt: skip

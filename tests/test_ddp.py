@@ -131,3 +131,29 @@ def test_ddp_on_the_synthetic_fastmri_config(tmp_path):
         assert ddp[fname]["slices"] == one[fname]["slices"] == "3"
         for col in ("nmse", "psnr", "ssim"):
             assert float(ddp[fname][col]) == pytest.approx(float(one[fname][col]), rel=1e-6), col
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*does not have many workers.*")
+def test_ddp_predict_writes_the_files_one_process_writes(tmp_path):
+    """`equinet predict` under DDP: each rank streams its part, rank 0 merges them; the sampler's
+    padded repeat is dropped, so every volume holds each slice once, in order, as in one process."""
+    import h5py
+    import numpy as np
+
+    config = tmp_path / "ddp.yaml"
+    config.write_text(CONFIG)
+    run_cli("fit", "--config", str(config), *SINGLE, "--trainer.default_root_dir", str(tmp_path), "--run.name", "a")
+    _ddp("predict", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), "--run.name", "a",
+         "--ckpt_path", "last", "--run.tag", "ddp")
+    run_cli("predict", "--config", str(config), *SINGLE, "--trainer.default_root_dir", str(tmp_path), "--run.name",
+            "a", "--ckpt_path", "last", "--run.tag", "single")
+    ddp, single = tmp_path / "a" / "reconstructions-ddp", tmp_path / "a" / "reconstructions-single"
+    names = sorted(p.name for p in ddp.iterdir())
+    assert names == sorted(p.name for p in single.iterdir()) == ["val000.h5", "val001.h5", "val002.h5"]
+    assert not list(tmp_path.joinpath("a").glob(".*parts*"))  # the ranks' part files are gone
+    for name in names:
+        with h5py.File(ddp / name, "r") as a, h5py.File(single / name, "r") as b:
+            assert a["reconstruction"].shape == b["reconstruction"].shape == (
+                {"val000.h5": 3, "val001.h5": 2, "val002.h5": 2}[name], 32, 32)
+            np.testing.assert_allclose(a["reconstruction"][()], b["reconstruction"][()], rtol=1e-5, atol=1e-6)

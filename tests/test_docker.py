@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import time
 from importlib import resources
@@ -70,6 +71,30 @@ def test_compose_services_have_gpus_volumes_shm_and_env_credentials():
     assert services["train"]["command"][0] == "fit"
 
 
+def test_compose_is_set_up_for_multi_gpu_ddp_data_root_and_uid():
+    services = _compose()["services"]
+    for name, svc in services.items():
+        assert svc["init"] is True, name  # signals forwarded, worker processes reaped
+        assert svc["ulimits"]["memlock"] == {"soft": -1, "hard": -1}, name  # NCCL pins memory
+        assert svc["ulimits"]["stack"]["soft"] >= 64 * 2**20, name
+        assert int(svc["shm_size"].rstrip("gb")) >= 8, name
+        # the host's dataset folder comes from EQUINET_DATA_ROOT (required), read-only at /data
+        data = next(v for v in svc["volumes"] if v.endswith(":/data:ro"))
+        assert data.startswith("${EQUINET_DATA_ROOT:?"), data
+        assert svc["environment"]["EQUINET_DATA_ROOT"] == "/data", name
+        # files written to the mounts belong to the user who built and runs it
+        assert svc["user"] == "${EQUINET_UID:-1000}:${EQUINET_GID:-1000}", name
+        assert svc["build"]["args"] == {"UID": "${EQUINET_UID:-1000}", "GID": "${EQUINET_GID:-1000}"}, name
+    train = services["train"]["command"]
+    assert train[train.index("--data.root") + 1] == "/data"
+    for path in (COMPOSE, DOCKERFILE):
+        assert "/data/knee" not in path.read_text(), path  # no hard-coded dataset
+    docker = DOCKERFILE.read_text()
+    assert re.search(r"^ARG UID=", docker, re.MULTILINE) and re.search(r"^ARG GID=", docker, re.MULTILINE)
+    assert "WANDB_DIR" not in re.sub(r"#.*", "", docker)  # W&B files go into each run's folder
+    assert "EQUINET_UID" in COMPOSE.read_text() and "id -g" in COMPOSE.read_text()  # documented
+
+
 def test_no_credentials_in_any_file():
     pattern = re.compile(r"(?i)(api[_-]?key\s*[:=]\s*['\"]?[0-9a-f]{20,}|\b[0-9a-f]{40}\b)")
     files = [p for d in ("docker", "experiments/configs", "experiments/sweeps") for p in (REPO / d).rglob("*")
@@ -88,8 +113,15 @@ def test_dockerfile_installs_what_the_readme_installs():
     # the README's install path is `make install|test|demo`, which installs these:
     makefile = (REPO / "Makefile").read_text()
     assert "make test" in (REPO / "README.md").read_text()
-    assert [Path(f).name for f in _requirements_files(makefile)] == ["requirements.txt"]
+    assert [Path(f).name for f in _requirements_files(makefile)] == ["requirements-test.txt"]
     assert [Path(f).name for f in _requirements_files(docker)] == ["requirements.txt"]
+    # the image ships the runtime pins only; the test tools come on top for make test / CI
+    runtime = (REPO / "requirements.txt").read_text()
+    test = (REPO / "requirements-test.txt").read_text().splitlines()
+    assert "-r requirements.txt" in test
+    for tool in ("pytest", "hypothesis", "jsonschema", "check-jsonschema"):
+        assert not re.search(rf"^{tool}\b", runtime, re.MULTILINE), tool
+        assert any(re.match(rf"{tool}==", line) for line in test), tool
     assert re.search(r"COPY requirements\.txt ", docker)
     # the project itself without re-resolving dependencies, as the Makefile does
     assert "--no-deps" in re.search(r"pip install[^\n]*/opt/equinet(?:\s|$)", docker).group(0)
@@ -109,6 +141,37 @@ def test_dockerfile_installs_what_the_readme_installs():
         for src in line.split():
             assert (REPO / src).exists(), src
             assert src in allowed, f"{src} is excluded from the build context"
+
+
+def _make_python(tmp_path, *names):
+    """The Python the Makefile picks with only ``names`` on PATH (each a real Python >= 3.10,
+    ``python3`` a fake 3.9); ``(exit status, stdout + stderr)``."""
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in names:
+        if name == "python3":  # an old interpreter: fails the version check
+            (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+            (bin_dir / name).chmod(0o755)
+        else:
+            (bin_dir / name).symlink_to(sys.executable)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}  # only these interpreters are found
+    proc = subprocess.run([shutil.which("make"), "-s", "-f", str(REPO / "Makefile"), "--eval",
+                           "print-python: ; $(info $(PYTHON))", "print-python", ".venv/bin/python"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_makefile_takes_any_python_from_3_10_and_prefers_3_11(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    rc, out = _make_python(tmp_path / "a", "python3", "python3.12", "python3.11")
+    assert out.splitlines()[0] == "python3.11"
+    rc, out = _make_python(tmp_path / "b", "python3", "python3.10")
+    assert out.splitlines()[0] == "python3.10" and rc == 0 and (tmp_path / "b" / ".venv" / "bin" / "python").exists()
+    rc, out = _make_python(tmp_path / "c", "python3")  # only a Python older than 3.10
+    assert rc != 0 and "equinet needs Python >= 3.10; none of python3.11" in out and "make PYTHON=" in out
 
 
 def test_claim_gpu_gives_each_agent_its_own_gpu(tmp_path):

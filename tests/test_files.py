@@ -41,3 +41,16 @@ def test_failed_writes_leave_nothing_behind(tmp_path):
         atomic_write_text(tmp_path / "r.md", None)  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md"]
     assert (tmp_path / "r.md").read_text() == "old"
+
+
+def test_atomic_directory_replace_swaps_the_whole_folder(tmp_path, umask):
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "old.h5").write_text("old")
+    with atomic_directory(tmp_path / "out") as tmp:  # default: the first complete folder stays
+        (tmp / "new.h5").write_text("new")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["old.h5"]
+    with atomic_directory(tmp_path / "out", replace=True) as tmp:
+        (tmp / "new.h5").write_text("new")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["new.h5"]  # no stale file of the old set
+    assert mode(tmp_path / "out") == 0o777 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary or old folder left behind

@@ -346,8 +346,29 @@ def test_saved_activations_do_not_grow_with_depth_and_plain_does():
         for custom in (True, False):
             net = make(architecture=(depth,) * 3, disable_custom_gradient=not custom)
             saved[(depth, custom)] = _saved_bytes(net, x)
-    assert saved[(1, True)] == saved[(4, True)] == x.numel() * 4  # only the output
-    assert saved[(4, False)] > 2.5 * saved[(1, False)] > 10 * saved[(1, True)]
+    # memory-efficient: autograd saves nothing (the output is referenced, and released once the
+    # backward pass has copied it); plain backprop keeps the activations of every block
+    assert saved[(1, True)] == saved[(4, True)] == 0
+    assert saved[(4, False)] > 2 * saved[(1, False)] > 10 * x.numel() * 4
+
+
+def test_retain_graph_and_outputs_changed_before_backward():
+    """The output is released early only when the graph is not retained; a second backward with a
+    retained graph gives the same gradients; changing the output in place is caught."""
+    net = make(torch.float64)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    loss = net(x).square().sum()
+    first = torch.autograd.grad(loss, [x, *net.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *net.parameters()])
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="a second time"):
+        loss.backward()
+    y = net(x)
+    loss = (y * 1.0).sum()
+    y.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_user_tensors_are_never_resized_or_modified():
@@ -359,6 +380,117 @@ def test_user_tensors_are_never_resized_or_modified():
     y.square().sum().backward()
     assert torch.equal(x.detach(), before) and x.untyped_storage().nbytes() == nbytes
     assert y.untyped_storage().nbytes() == y.numel() * 4 and torch.isfinite(y).all()
+
+
+IN_PLACE_CASES = GRAD_CASES + [
+    dict(dim=2, architecture=(3, 1, 2), channels=(5, 9, 13)),  # odd chains and channels: no views to merge
+    dict(dim=2, channels=(3, 6), architecture=(1, 1), create_module_fn=AffineScaling, module_kwargs={}),
+    dict(dim=2, channel_mixing_freq=0, architecture=(2, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(IN_PLACE_CASES)))
+def test_in_place_runs_equal_the_functional_ones_and_leave_inputs_alone(case, monkeypatch):
+    """Without autograd the program runs in place in its own buffer (and F in sub-batches): the
+    results equal the plain functional run (float64), and the caller's tensors are untouched."""
+    import equinet.models.invertible as invertible
+
+    monkeypatch.setattr(invertible, "SUB_BATCH_ELEMENTS", 1)  # every sample its own sub-batch
+    kw = dict(IN_PLACE_CASES[case])
+    net = make(torch.float64, **kw)
+    shape = list(SHAPES[kw["dim"]])
+    shape[1] = net.channels[0]
+    x = torch.randn(3, *shape[1:], dtype=torch.float64)
+    before = x.clone()
+    program = net._program
+    with torch.enable_grad():
+        functional = program.run([x.requires_grad_(True)])[0].detach()
+        x.requires_grad_(False)
+        back_functional = program.run_inverse([functional])[0].detach()
+    with torch.no_grad():
+        in_place = program.run([x])[0]
+        assert torch.equal(x, before)
+        kept = in_place.clone()
+        back = program.run_inverse([in_place])[0]
+        assert torch.equal(in_place, kept)
+    torch.testing.assert_close(in_place, functional, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(back, back_functional, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(back, x, rtol=1e-12, atol=1e-12)
+
+
+def test_sub_batched_recomputation_matches_plain_backprop_and_is_off_for_batch_statistics(monkeypatch):
+    import equinet.models.invertible as invertible
+
+    monkeypatch.setattr(invertible, "SUB_BATCH_ELEMENTS", 1)
+    net = make(torch.float64, module_kwargs={"zero_init": False, "block_depth": 2})
+    x = torch.randn(3, 4, 8, 12, dtype=torch.float64)
+    weight = torch.randn_like(x)
+    for a, b in zip(_grads(net, x, weight, custom=True), _grads(net, x, weight, custom=False)):
+        assert (a - b).norm() <= 1e-10 * b.norm()
+    # batch norm in training mode couples the samples: a no-grad forward keeps the whole batch
+    bn = iUNet(4, architecture=(1, 1), create_module_fn=BatchNormCoupling, disable_custom_gradient=True,
+               verbose=0)
+    x = torch.randn(4, 4, 8, 8)
+    with torch.no_grad():
+        inference = bn(x)
+    torch.testing.assert_close(inference, bn(x).detach(), rtol=0, atol=1e-6)
+
+
+class ScaledCoupling(AdditiveCoupling):
+    """A coupling subclass with its own forward/inverse: the program must not run it as halves."""
+
+    def __init__(self, channels, **coordinates):
+        half = channels // 2
+        super().__init__(nn.Conv2d(channels - half, half, 3, padding=1), half)
+
+    def forward(self, x):
+        x1, x2 = x[:, : self.split], x[:, self.split :]
+        return torch.cat([x2, 2 * x1 + self.F(x2)], dim=1)
+
+    def inverse(self, y):
+        c2 = y.shape[1] - self.split
+        return torch.cat([(y[:, c2:] - self.F(y[:, :c2])) / 2, y[:, :c2]], dim=1)
+
+
+def test_coupling_subclasses_with_their_own_forward_run_on_whole_tensors():
+    """Neither the halves nor the inherited backward_by_inversion may stand in for a subclass's
+    own forward (the gradients then come from inversion and local autograd)."""
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    kw = dict(create_module_fn=ScaledCoupling, module_kwargs={})
+    single = make(torch.float64, channels=(4,), architecture=(2,), **kw)
+    with torch.no_grad():
+        reference = x
+        for block in [*single.encoder_modules[0], *single.decoder_modules[0]]:
+            reference = block(reference)
+        torch.testing.assert_close(single(x), reference, rtol=0, atol=1e-14)
+    net = make(torch.float64, channels=(4, 8), architecture=(2, 1), **kw)
+    with torch.no_grad():
+        assert rel(net.inverse(net(x)), x) <= 1e-12
+    weight = torch.randn_like(x)
+    for a, b in zip(_grads(net, x, weight, custom=True), _grads(net, x, weight, custom=False)):
+        assert (a - b).norm() <= 1e-10 * b.norm()
+
+
+def test_channel_mixing_of_chunks_equals_mixing_their_concatenation():
+    mix = randomize(InvertibleChannelMixing2D(5)).double()
+    x = torch.randn(2, 5, 4, 6, dtype=torch.float64)
+    torch.testing.assert_close(mix.forward_chunks([x[:, :2], x[:, 2:]]), mix(x), rtol=0, atol=1e-14)
+    with torch.no_grad():
+        torch.testing.assert_close(mix.forward_in_place(x.clone()), mix(x), rtol=0, atol=1e-14)
+        torch.testing.assert_close(mix.inverse_in_place(mix(x)), x, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="expects 5 channels"):
+        mix.forward_chunks([x[:, :2], x[:, 3:]])
+
+
+def test_gradient_and_output_tensors_of_the_caller_are_not_overwritten():
+    net = make(torch.float64)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    y = net(x)
+    kept = y.detach().clone()
+    gy = torch.randn_like(y)
+    gy_before = gy.clone()
+    torch.autograd.grad(y, [x, *net.parameters()], gy)
+    assert torch.equal(gy, gy_before) and torch.equal(y.detach(), kept)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -40,31 +41,40 @@ def equinet_cmd(*args: str) -> List[str]:
     return [sys.executable, "-m", "equinet", *args]
 
 
-def run_cli(*argv: str):
-    """``equinet <argv>`` in this process (no 10 s of imports per run), returning the CLI object.
-
-    Uses the same entry point as the console script. Restores what a run changes globally:
-    ``sys.argv`` (LightningCLI warns if it holds arguments too), torch's deterministic-algorithms
-    flag (``trainer.deterministic``) and the intra-op thread count (1 thread: tiny networks on a
-    busy 2-core machine run ~100x slower with more).
-    """
-    from equinet.cli import main
-    from equinet.lightning.cli import lightning_main
-
-    saved = (sys.argv, torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(),
+@contextmanager
+def restored_globals():
+    """Undo what an in-process ``equinet`` run changes globally: ``sys.argv`` (LightningCLI warns
+    if it holds arguments too), torch's deterministic-algorithms flags (``trainer.deterministic``),
+    ``CUBLAS_WORKSPACE_CONFIG`` and the intra-op thread count (1 thread: tiny networks on a busy
+    2-core machine run ~100x slower with more)."""
+    saved = (sys.argv, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_num_threads(),
              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     sys.argv = ["equinet"]
     torch.set_num_threads(1)
     try:
+        yield
+    finally:
+        sys.argv = saved[0]
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.set_num_threads(saved[3])
+        if saved[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def run_cli(*argv: str):
+    """``equinet <argv>`` in this process (no 10 s of imports per run), returning the CLI object.
+
+    Uses the same entry points as the console script (Lightning subcommands without its one-line
+    error handling, so tests see the exceptions), inside :func:`restored_globals`.
+    """
+    from equinet.cli import main
+    from equinet.lightning.cli import lightning_main
+
+    with restored_globals():
         if argv and argv[0] in ("fit", "validate", "test", "predict"):
             return lightning_main(list(argv))
         return main(list(argv))
-    finally:
-        sys.argv = saved[0]
-        torch.use_deterministic_algorithms(saved[1])
-        torch.set_num_threads(saved[2])
-        if saved[3] is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 class ToyVolumes(Dataset):
@@ -180,6 +190,7 @@ __all__ = [
     "ToyVolumes",
     "cli_env",
     "equinet_cmd",
+    "restored_globals",
     "run_cli",
     "state_arrays",
 ]

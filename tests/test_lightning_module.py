@@ -23,6 +23,7 @@ from equinet.lightning import (
     ResumableRNG,
     RunCheckpoint,
 )
+from equinet.lightning.callbacks import PANEL_LABELS, _label_row
 from equinet.lightning.evaluation import volume_shift
 from equinet.metrics import ssim
 
@@ -102,6 +103,19 @@ def test_fit_test_with_tensorboard_wandb_csv_and_safe_checkpoint(tmp_path, monke
     tb = TensorBoardLogger(tmp_path, name="tb")
     csv = CSVLogger(tmp_path, name="csv")
     wandb_logger = WandbLogger(save_dir=str(tmp_path), project="equinet-test", offline=True)
+    wandb_rows, wandb_captions = [], {}  # what reaches W&B: (keys, step) of scalars and image panels alike
+    log_metrics, log_image = WandbLogger.log_metrics, WandbLogger.log_image
+
+    def spy_metrics(self, metrics, step=None):
+        wandb_rows.append((set(metrics), step))
+        return log_metrics(self, metrics, step)
+
+    def spy_image(self, key, images, step=None, **kwargs):
+        wandb_captions[key] = kwargs.get("caption")
+        return log_image(self, key, images, step, **kwargs)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", spy_metrics)
+    monkeypatch.setattr(WandbLogger, "log_image", spy_image)
     data = ToyReconData(size=32)
     module = ReconstructionModule(TinyNet())
     trainer = _trainer(tmp_path, [tb, csv, wandb_logger])
@@ -128,10 +142,22 @@ def test_fit_test_with_tensorboard_wandb_csv_and_safe_checkpoint(tmp_path, monke
     # images: TensorBoard event with image summaries, W&B offline media files
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(Path(tb.log_dir)), size_guidance={"images": 0})
+    acc = EventAccumulator(str(Path(tb.log_dir)), size_guidance={"images": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()["images"]
     assert any(t.startswith("val/images/") for t in tags) and any(t.startswith("test/images/") for t in tags)
+    for stage in ("val", "test"):
+        # panels at the step of the scalars they belong to, each with its caption as text
+        scalar_steps = {e.step for e in acc.Scalars(f"{stage}/ssim")}
+        for tag in (t for t in tags if t.startswith(f"{stage}/images/")):
+            assert {e.step for e in acc.Images(tag)} == scalar_steps, tag
+            caption = acc.Tensors(f"{tag}/text_summary")[0]
+            assert caption.step in scalar_steps
+            assert b"input | output | target" in caption.tensor_proto.string_val[0]
+        wandb_scalars = {step for keys, step in wandb_rows if f"{stage}/ssim" in keys}
+        wandb_images = {step for keys, step in wandb_rows if f"{stage}/images" in keys}
+        assert wandb_images and wandb_images == wandb_scalars == scalar_steps, wandb_rows
+        assert all("input | output | target" in c for c in wandb_captions[f"{stage}/images"])
     media = list(Path(tmp_path, "wandb").glob("offline-run-*/files/media/images/**/*.png"))
     assert media, "no W&B images written"
     # checkpoints: best + last, loadable with weights_only=True
@@ -157,8 +183,13 @@ def test_csv_logger_gets_png_panels(tmp_path):
                                                 for p in images.saved_files)
     from PIL import Image
 
-    arr = np.asarray(Image.open(images.saved_files[0]))
-    assert arr.shape == (32, 5 * 32 + 4 * 2) and arr.dtype == np.uint8
+    png = Image.open(images.saved_files[0])
+    arr = np.asarray(png)
+    rows = _label_row([32] * 5, list(PANEL_LABELS), 2)  # the tiles' labels, above them
+    assert arr.shape == (rows.shape[0] + 32, 5 * 32 + 4 * 2) and arr.dtype == np.uint8
+    assert np.array_equal(arr[: rows.shape[0]], rows)
+    assert len({rows[:, i * 34: i * 34 + 32].tobytes() for i in range(5)}) == 5  # five different labels
+    assert png.text["Description"].startswith("val000.h5 slice 0: input | output | target | |error|")
 
 
 def test_shift_difference_panel_is_black_for_an_equivariant_network():
@@ -171,7 +202,7 @@ def test_shift_difference_panel_is_black_for_an_equivariant_network():
         module = ReconstructionModule(TinyNet(pool=pool)).eval()
         with torch.no_grad():
             items = logger.panels(module, {"output": module(b.input)}, b)
-        last_panel = items[0]["image"][:, -32:]
+        last_panel = items[0]["image"][-32:, -32:]
         assert (last_panel.max() == 0) == black, pool
         assert (items[0]["shift_diff_max"] < 1e-5) == black
 

@@ -342,10 +342,14 @@ def test_backward_by_inversion_matches_autograd(method, adaptive):
         gy = torch.randn_like(y)
         params = [layer.orthogonal.weight]
         gx_ref, gw_ref = torch.autograd.grad(y, [x, *params], gy)
-        x_rec, gx, (gw,) = layer.backward_by_inversion(y.detach(), gy, params, offset)
-        torch.testing.assert_close(x_rec, x.detach(), rtol=0, atol=1e-13)
-        torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-13)
-        torch.testing.assert_close(gw, gw_ref, rtol=1e-12, atol=1e-13)
+        for in_place in (False, True):  # in place: the results take over the memory of y, gy
+            yc, gc = y.detach().clone(), gy.clone()
+            x_rec, gx, (gw,) = layer.backward_by_inversion(yc, gc, params, offset, in_place=in_place)
+            torch.testing.assert_close(x_rec, x.detach(), rtol=0, atol=1e-13)
+            torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-13)
+            torch.testing.assert_close(gw, gw_ref, rtol=1e-12, atol=1e-13)
+            assert (x_rec.untyped_storage().data_ptr() == yc.untyped_storage().data_ptr()) == in_place
+            assert (gx.untyped_storage().data_ptr() == gc.untyped_storage().data_ptr()) == in_place
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,3 +504,111 @@ def test_matrix_exp_is_accurate_to_float64_precision_at_every_scale():
         np.testing.assert_allclose(matrix_exp(s).numpy(), expm(s.numpy()), rtol=0, atol=2e-13)
     zero = torch.zeros(2, 5, 5, dtype=torch.float64)
     assert torch.equal(matrix_exp(zero), torch.eye(5, dtype=torch.float64).expand(2, 5, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# The block kernels: a permutation and a per-channel matrix product, in pieces, in place
+# ---------------------------------------------------------------------------------------------
+
+from equinet.sampling import orthogonal as ortho  # noqa: E402
+
+
+def _blocks_of(x, stride):
+    """(B, C, sigma, N): the blocks of x by explicit reshaping (independent of the kernels)."""
+    b, c = x.shape[:2]
+    d = len(stride)
+    shape = [b, c]
+    for n, s in zip(x.shape[2:], stride):
+        shape += [n // s, s]
+    v = x.reshape(shape).permute(0, 1, *[3 + 2 * i for i in range(d)], *[2 + 2 * i for i in range(d)])
+    return v.reshape(b, c, math.prod(stride), -1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dim=st.integers(1, 3),
+    data=st.data(),
+    channels=st.integers(1, 3),
+    batch=st.integers(1, 3),
+    piece=st.sampled_from([1, 7, 40, 1 << 18]),
+    offset=st.integers(0, 2),
+)
+def test_block_kernels_match_the_reference_in_pieces_and_in_place(dim, data, channels, batch, piece, offset):
+    """Every kernel, with pieces down to one channel of one sample, on channel slices of bigger
+    tensors and in place, equals the float64 reference (Theorem 4 by explicit reshaping)."""
+    stride = tuple(data.draw(st.lists(st.integers(1, 3), min_size=dim, max_size=dim)))
+    blocks = data.draw(st.lists(st.integers(1, 3), min_size=dim, max_size=dim))
+    sigma = math.prod(stride)
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    a = torch.linalg.qr(torch.randn(channels, sigma, sigma, generator=g, dtype=torch.float64))[0]
+    spatial = [n * s for n, s in zip(blocks, stride)]
+    big = torch.randn(batch, channels + 3, *spatial, generator=g, dtype=torch.float64)
+    x = big[:, offset : offset + channels]  # a channel slice (samples contiguous, batch strided)
+    grad = torch.randn(batch, channels * sigma, *blocks, generator=g, dtype=torch.float64)
+    grad_fine = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    old = ortho._PIECE_ELEMENTS
+    ortho._PIECE_ELEMENTS = piece
+    try:
+        ref_y = (a @ _blocks_of(x, stride)).reshape(grad.shape)
+        y = ortho.block_down(x, a, stride)[0]
+        torch.testing.assert_close(y, ref_y, rtol=0, atol=1e-13)
+        torch.testing.assert_close(ortho.block_up(y, a, stride)[0], x, rtol=0, atol=1e-13)
+        columns = grad.reshape(batch, channels, sigma, -1)
+        ref_gram = torch.einsum("bcin,bckn->cik", columns, _blocks_of(x, stride))
+        gram = ortho.block_down(x, a, stride, gram_with=grad)[1]
+        torch.testing.assert_close(gram, ref_gram, rtol=0, atol=1e-12)
+        torch.testing.assert_close(ortho.block_up(grad, a, stride, gram_with=ref_y)[1] @ a, ref_gram,
+                                   rtol=0, atol=1e-12)
+        geo = ortho._Blocks.of_fine(x, stride)
+        # in place: the result is the input's memory seen with the other shape
+        work = big.clone()[:, offset : offset + channels]
+        coarse = ortho.block_down(work, a, stride, out=ortho.reinterpret(work, geo.coarse_shape))[0]
+        assert coarse.untyped_storage().data_ptr() == work.untyped_storage().data_ptr()
+        torch.testing.assert_close(coarse, ref_y, rtol=0, atol=1e-13)
+        fine = ortho.block_up(coarse, a, stride, out=ortho.reinterpret(coarse, geo.fine_shape))[0]
+        torch.testing.assert_close(fine, x, rtol=0, atol=1e-13)
+        # the fused inversions (memory-efficient backprop), out of place and in place
+        ref_gx = (a.transpose(1, 2) @ columns).reshape(batch, channels, *stride, *blocks)
+        for in_place in (False, True):
+            yy, gg = ref_y.clone(), grad.clone()
+            out = (ortho.reinterpret(yy, geo.fine_shape), ortho.reinterpret(gg, geo.fine_shape))
+            out = out if in_place else None
+            x_rec, gx, ga = ortho.invert_block_down(yy, gg, a, stride, out=out)
+            torch.testing.assert_close(x_rec, x, rtol=0, atol=1e-13)
+            torch.testing.assert_close(_blocks_of(gx, stride), ref_gx.reshape(batch, channels, sigma, -1),
+                                       rtol=0, atol=1e-13)
+            torch.testing.assert_close(ga, ref_gram, rtol=0, atol=1e-12)
+            xx, gf = x.clone(), grad_fine.clone()
+            out = (ortho.reinterpret(xx, geo.coarse_shape), ortho.reinterpret(gf, geo.coarse_shape))
+            out = out if in_place else None
+            w, gw, ga = ortho.invert_block_up(xx, gf, a, stride, out=out)
+            torch.testing.assert_close(w, ref_y, rtol=0, atol=1e-13)
+            ref_gw = (a @ _blocks_of(grad_fine, stride)).reshape(grad.shape)
+            torch.testing.assert_close(gw, ref_gw, rtol=0, atol=1e-13)
+            torch.testing.assert_close(ga, torch.einsum("bcin,bckn->cik", ref_y.reshape(columns.shape),
+                                                        _blocks_of(grad_fine, stride)), rtol=0, atol=1e-12)
+    finally:
+        ortho._PIECE_ELEMENTS = old
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_layers_in_place_equal_out_of_place_and_double_backward(method, monkeypatch):
+    monkeypatch.setattr(ortho, "_PIECE_ELEMENTS", 30)
+    torch.manual_seed(0)
+    for dim, stride in ((1, (3,)), (2, (2, 3)), (3, (2, 1, 2))):
+        down = _perturb(DOWN[dim](2, stride=stride, method=method, init="random")).double()
+        x = torch.randn(3, 5, *[2 * s for s in stride], dtype=torch.float64)[:, 1:3]
+        offset = torch.stack([torch.arange(3) % s for s in stride], 1)
+        for off in (None, offset):
+            with torch.no_grad():
+                y = down(x, off)
+                got = down.forward_in_place(x.clone(), off)
+                torch.testing.assert_close(got, y, rtol=0, atol=1e-13)
+                torch.testing.assert_close(down.inverse_in_place(got, off), x, rtol=0, atol=1e-13)
+        xg = x.clone().requires_grad_(True)
+        w = down.orthogonal.weight
+        assert torch.autograd.gradgradcheck(lambda x_, w_: down(x_), (xg, w), atol=1e-6)
+        up = down.inverse()
+        coarse = (2, 2 * math.prod(stride), *([2] + [1] * (dim - 1)))
+        yg = torch.randn(coarse, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradgradcheck(lambda y_, w_: up(y_), (yg, w), atol=1e-6)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from test_lightning_fixtures import REPO, run_cli
 
-SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
+# `equinet fit` sweeps (the study sweeps, study_*.yaml, one variant per agent: test_study_sweeps.py)
+SWEEPS = sorted(p for p in (REPO / "experiments" / "sweeps").glob("*.yaml") if not p.stem.startswith("study"))
 
 
 def render(sweep: dict, values: dict) -> list:
@@ -56,6 +57,9 @@ def test_sweep_file_is_well_formed(path):
     config = cmd[cmd.index("--config") + 1]
     assert (REPO / config).is_file()
     assert len(list(grid(sweep))) > 1
+    # a group of its own (not the config's runs/<dataset>/<strategy>, which its blur runs would share
+    # with aps runs and plain fits); each run's folder in it is named by its W&B run id
+    assert f"--trainer.default_root_dir=runs/sweeps/{path.stem}" in cmd
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)

@@ -181,7 +181,7 @@ def fbp_cache(args: argparse.Namespace) -> None:
 def check(args: argparse.Namespace) -> None:
     from equinet.data import FastMRIDataModule, ImageNetShiftDataModule, LoDoPaBDataModule
 
-    kwargs = {"root": args.root}
+    kwargs = {"root": args.root, "synthetic": args.root is None}
     if args.crop_size is not None:
         kwargs["crop_size"] = args.crop_size
     if args.kind == "knee":

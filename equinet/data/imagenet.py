@@ -228,8 +228,7 @@ class ImageNetShiftDataModule(ReconDataModule):
     """Out-of-distribution shift test on ImageNet validation images (evaluation only).
 
     Args:
-        root: folder of ImageNet val JPEGs (flat, or class folders). ``None``: generate a
-            synthetic folder of such JPEGs from bundled natural images once under ``data_dir``.
+        root: folder of ImageNet val JPEGs (flat, or class folders). Required unless ``synthetic``.
         num_images: use the first N images sorted by file name (``None`` = all).
         crop_size: side of the centre crop of input and target.
         forward_model: ``mri`` (as FastMRIDataModule), ``ct`` (as LoDoPaBDataModule) or ``none``.
@@ -253,6 +252,8 @@ class ImageNetShiftDataModule(ReconDataModule):
         progress: show a progress bar while building the CT cache.
         data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or the user
             cache folder (``~/.cache/equinet`` on Linux).
+        synthetic: instead of a ``root``, generate a folder of such JPEGs from scikit-image's bundled
+            natural images once under ``data_dir`` and use it (never a fallback).
         synthetic_num: images in the synthetic default folder.
         synthetic_size: shorter side of the synthetic JPEGs (375 as most ImageNet images).
     """
@@ -279,6 +280,7 @@ class ImageNetShiftDataModule(ReconDataModule):
         pin_memory: bool = False,
         progress: bool = True,
         data_dir: Optional[str] = None,
+        synthetic: bool = False,
         synthetic_num: int = 64,
         synthetic_size: int = 375,
     ) -> None:
@@ -292,7 +294,7 @@ class ImageNetShiftDataModule(ReconDataModule):
         if num_images is not None and num_images < 1:
             raise ValueError(f"num_images must be >= 1 or None, got {num_images}")
         self.save_hyperparameters()
-        self.root = Path(root).expanduser() if root is not None else None
+        self.root = self.check_source(root, synthetic)
         self.num_images = num_images
         self.crop_size = crop_size
         self.forward_model = forward_model
@@ -328,6 +330,7 @@ class ImageNetShiftDataModule(ReconDataModule):
 
     synthetic_kind = "imagenet"
     synthetic_what = "ImageNet val"
+    root_holds = "ImageNet validation JPEGs (flat or in class folders)"
 
     def synthetic_label(self) -> str:
         s = self.synthetic

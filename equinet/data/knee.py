@@ -15,7 +15,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as etree
 from collections import Counter
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -34,6 +34,9 @@ from equinet.data.common import (
 )
 from equinet.data.mri import MriSliceTransform, make_mask_func
 from equinet.data.synthetic import KNEE_ACQUISITIONS, write_knee_dataset
+
+# fastMRI knee acquisitions -> the group names of the APS-U paper's Table 1
+ACQUISITION_GROUPS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "PDFS"}
 
 
 class CheckedSliceDataset(SliceDataset):
@@ -132,8 +135,7 @@ class FastMRIDataModule(ReconDataModule):
 
     Args:
         root: folder holding ``singlecoil_train/``, ``singlecoil_val/`` (and optionally
-            ``singlecoil_test/``) with fastMRI ``.h5`` files. ``None``: generate a synthetic
-            dataset in that format once under ``data_dir`` and use it.
+            ``singlecoil_test/``) with fastMRI ``.h5`` files. Required unless ``synthetic``.
         challenge: ``"singlecoil"`` (the only one supported).
         mask_type: fastMRI mask (``random``, ``equispaced``, ``equispaced_fraction``, ``magic``,
             ``magic_fraction``).
@@ -151,6 +153,8 @@ class FastMRIDataModule(ReconDataModule):
         pin_memory: DataLoader ``pin_memory``.
         data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or the user
             cache folder (``~/.cache/equinet`` on Linux).
+        synthetic: instead of a ``root``, generate a small synthetic dataset in the fastMRI format
+            once under ``data_dir`` and use it (phantoms; for trying things out, never a fallback).
         synthetic_volumes: training volumes of the synthetic default (val/test get ``max(2, N // 4)``).
         synthetic_slices: slices per synthetic volume.
         synthetic_size: reconstruction size of the synthetic data (320 = real fastMRI; k-space is
@@ -174,6 +178,7 @@ class FastMRIDataModule(ReconDataModule):
         use_dataset_cache: bool = False,
         pin_memory: bool = False,
         data_dir: Optional[str] = None,
+        synthetic: bool = False,
         synthetic_volumes: int = 8,
         synthetic_slices: int = 8,
         synthetic_size: int = 320,
@@ -192,10 +197,11 @@ class FastMRIDataModule(ReconDataModule):
         if crop_size < 1:
             raise ValueError(f"crop_size must be positive, got {crop_size}")
         if root is None and synthetic_size < crop_size:
-            raise ValueError(f"synthetic_size={synthetic_size} is smaller than crop_size={crop_size}")
+            raise ValueError(f"crop_size={crop_size} is larger than the synthetic images (synthetic_size="
+                             f"{synthetic_size}); use crop_size <= {synthetic_size} or synthetic_size >= {crop_size}")
         self.mask_func = make_mask_func(mask_type, center_fractions, accelerations)
         self.save_hyperparameters()
-        self.root = Path(root).expanduser() if root is not None else None
+        self.root = self.check_source(root, synthetic)
         self.challenge = challenge
         self.crop_size = crop_size
         self.sample_rate = sample_rate
@@ -209,6 +215,7 @@ class FastMRIDataModule(ReconDataModule):
     # -- data location -------------------------------------------------------------------------
     synthetic_kind = "knee"
     synthetic_what = "fastMRI knee"
+    root_holds = "singlecoil_train/ and singlecoil_val/ with fastMRI .h5 files"
 
     def synthetic_label(self) -> str:
         s = self.synthetic
@@ -284,6 +291,16 @@ class FastMRIDataModule(ReconDataModule):
             folder,
         )
         return dataset
+
+    def volume_groups(self, stage: str) -> Dict[str, str]:
+        """``{volume file name: "PD" | "PDFS"}`` of the ``stage``'s split, from each file's
+        ``acquisition`` attribute (``CORPD_FBK`` / ``CORPDFS_FBK``), for the per-acquisition
+        metrics of the APS-U paper's Table 1; volumes with another acquisition are left out."""
+        dataset = {"val": self.val_set, "validate": self.val_set, "test": self.test_set}.get(stage)
+        if dataset is None:
+            return {}
+        return {s.fname.name: ACQUISITION_GROUPS[s.metadata.get("acquisition")] for s in dataset.raw_samples
+                if s.metadata.get("acquisition") in ACQUISITION_GROUPS}
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.root is None:

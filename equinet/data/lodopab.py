@@ -458,8 +458,7 @@ class LoDoPaBDataModule(ReconDataModule):
 
     Args:
         root: folder with ``ground_truth_{train,validation,test}_NNN.hdf5`` and
-            ``observation_..._NNN.hdf5``. ``None``: generate a synthetic dataset in that format
-            once under ``data_dir`` and use it.
+            ``observation_..._NNN.hdf5``. Required unless ``synthetic``.
         crop_size: side of the centre crop (352 of LoDoPaB's 362, divisible by 32).
         geometry: ``(image_size, num_angles, num_detectors)`` of data that is not in LoDoPaB's
             geometry (362, 1000, 513), with LoDoPaB's physical extents; ``None``: the manifest's
@@ -478,6 +477,8 @@ class LoDoPaBDataModule(ReconDataModule):
         pin_memory: DataLoader ``pin_memory``.
         data_dir: where synthetic data and caches go; default ``$EQUINET_DATA_DIR`` or the user
             cache folder (``~/.cache/equinet`` on Linux).
+        synthetic: instead of a ``root``, generate a small synthetic dataset in the LoDoPaB format
+            once under ``data_dir`` and use it (phantoms; for trying things out, never a fallback).
         synthetic_num: training samples of the synthetic default (validation/test get ``max(1, N // 4)``).
         synthetic_size: image size of the synthetic data (362 = LoDoPaB's geometry: 1000 angles x
             513 bins; smaller sizes scale detectors and angles in proportion and are declared in
@@ -501,6 +502,7 @@ class LoDoPaBDataModule(ReconDataModule):
         progress: bool = True,
         pin_memory: bool = False,
         data_dir: Optional[str] = None,
+        synthetic: bool = False,
         synthetic_num: int = 32,
         synthetic_size: int = ct.LODOPAB_IMAGE_SIZE,
         synthetic_samples_per_file: int = 32,
@@ -511,11 +513,12 @@ class LoDoPaBDataModule(ReconDataModule):
         if fbp_filter not in ct.FBP_FILTERS:
             raise ValueError(f"fbp_filter must be one of {ct.FBP_FILTERS}, got {fbp_filter!r}")
         if root is None and synthetic_size < crop_size:
-            raise ValueError(f"synthetic_size={synthetic_size} is smaller than crop_size={crop_size}")
+            raise ValueError(f"crop_size={crop_size} is larger than the synthetic images (synthetic_size="
+                             f"{synthetic_size}); use crop_size <= {synthetic_size} or synthetic_size >= {crop_size}")
         if geometry is not None and len(geometry) != 3:
             raise ValueError(f"geometry must be (image_size, num_angles, num_detectors), got {geometry!r}")
         self.save_hyperparameters()
-        self.root = Path(root).expanduser() if root is not None else None
+        self.root = self.check_source(root, synthetic)
         self.crop_size = crop_size
         self.geometry = ct.ParallelBeamGeometry(*(int(v) for v in geometry)) if geometry is not None else None
         self.fbp_backend = fbp
@@ -537,6 +540,7 @@ class LoDoPaBDataModule(ReconDataModule):
     # -- data location -------------------------------------------------------------------------
     synthetic_kind = "lodopab"
     synthetic_what = "LoDoPaB-CT"
+    root_holds = "ground_truth_<part>_NNN.hdf5 and observation_<part>_NNN.hdf5 files"
 
     def synthetic_label(self) -> str:
         s = self.synthetic

@@ -11,11 +11,13 @@ from equinet.lightning.callbacks import (
     RunCheckpoint,
 )
 from equinet.lightning.module import ReconstructionModule
+from equinet.lightning.predictions import ReconstructionWriter
 
 __all__ = [
     "EquivarianceEvaluation",
     "ReconstructionImageLogger",
     "ReconstructionModule",
+    "ReconstructionWriter",
     "ResumableRNG",
     "RunCheckpoint",
 ]

@@ -7,6 +7,7 @@ All of them work with any reconstruction LightningModule whose ``forward(x)`` re
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from equinet.data.types import ReconSample
+from equinet.files import temporary_path
 from equinet.lightning.evaluation import (
     batch_keys,
     circular_shift_per_sample,
@@ -146,8 +148,31 @@ def _to_uint8(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (np.clip((img - lo) / scale, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
+PANEL_LABELS = ("input", "output", "target", "|error|", "shift diff")
+
+
+def _label_row(widths: List[int], labels: List[str], gap: int) -> np.ndarray:
+    """A strip of white labels on black, one above each tile (clipped to it), tiles ``gap`` apart."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = int(min(24, max(8, min(widths) // 8)))
+    font = ImageFont.load_default(size=size)
+    cells = []
+    for width, label in zip(widths, labels):
+        cell = Image.new("L", (width, size + 4), 0)
+        ImageDraw.Draw(cell).text((2, 1), label, fill=255, font=font)
+        cells += [np.asarray(cell), np.full((size + 4, gap), 255, np.uint8)]
+    return np.concatenate(cells[:-1], axis=1)
+
+
 class ReconstructionImageLogger(Callback):
     """Logs ``input | output | target | |output - target| | |G(T_k x) - T_k G(x)|`` panels.
+
+    Each tile is labelled in the image itself (so every logger and the PNG files show it), and the
+    caption -- volume, slice, shift ``k``, the error scale -- goes to each logger's caption field
+    (W&B caption, TensorBoard text at the same tag and step, PNG ``Description``). Panels are
+    logged at the step of the validation/test scalars they belong to (the module's
+    ``evaluation_step`` if it has one, else ``trainer.global_step``).
 
     The last panel is the shift-difference map: black for an exactly shift-equivariant network
     (APS/LPS with circular padding), structured for max-pooling -- equivariance at a glance.
@@ -190,7 +215,9 @@ class ReconstructionImageLogger(Callback):
 
     @torch.no_grad()
     def panels(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> List[Dict[str, Any]]:
-        """Composite uint8 images ``(H, 5W + 8)`` with captions, one per logged sample."""
+        """Labelled composite uint8 images ``(label row + H, 5W + 8)`` with captions, one per sample.
+
+        ``image[-H:]`` are the five tiles (2-pixel white gaps); ``image[:-H]`` is the label row."""
         b = _batch(batch)
         n = min(self.num_images, b.input.shape[0])
         x = b.input[:n]
@@ -217,6 +244,8 @@ class ReconstructionImageLogger(Callback):
             tiles = [_to_uint8(a, lo, hi) for a in ims] + [_to_uint8(err, 0.0, emax), _to_uint8(sd, 0.0, emax)]
             sep = np.full((tiles[0].shape[0], 2), 255, np.uint8)
             composite = np.concatenate([t for tile in tiles for t in (tile, sep)][:-1], axis=1)
+            labels = _label_row([t.shape[1] for t in tiles], list(PANEL_LABELS), sep.shape[1])
+            composite = np.concatenate([labels, composite], axis=0)
             caption = (f"{fname} slice {slice_num}: input | output | target | |error| (max {emax:.3g}) | "
                        f"|G(T_k x) - T_k G(x)| k={tuple(k[i].tolist())} (max {float(sd.max()):.3g})")
             result.append({"image": composite, "caption": caption, "tag": f"{fname}_slice{slice_num}",
@@ -226,28 +255,37 @@ class ReconstructionImageLogger(Callback):
     def log_panels(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                    stage: str) -> None:
         items = self.panels(pl_module, outputs, batch)
-        step = trainer.global_step
+        # the step of the scalars these panels belong to (ReconstructionModule.evaluation_step)
+        step = int(getattr(pl_module, "evaluation_step", trainer.global_step))
         wrote_native = False
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 for it in items:
-                    logger.experiment.add_image(f"{stage}/images/{it['tag']}", it["image"], step, dataformats="HW")
+                    tag = f"{stage}/images/{it['tag']}"
+                    logger.experiment.add_image(tag, it["image"], step, dataformats="HW")
+                    logger.experiment.add_text(tag, it["caption"], step)
                 wrote_native = True
             elif isinstance(logger, WandbLogger):
-                logger.log_image(key=f"{stage}/images", images=[it["image"] for it in items],
+                logger.log_image(key=f"{stage}/images", images=[it["image"] for it in items], step=step,
                                  caption=[it["caption"] for it in items])
                 wrote_native = True
         if not wrote_native:
-            from PIL import Image
+            from PIL import Image, PngImagePlugin
 
             log_dir = trainer.log_dir or trainer.default_root_dir
             out_dir = Path(log_dir) / "images"
             out_dir.mkdir(parents=True, exist_ok=True)
             for it in items:
                 path = out_dir / f"{stage}_epoch{trainer.current_epoch:03d}_step{step:07d}_{it['tag']}.png"
-                tmp = path.with_name("." + path.name + ".tmp")
-                Image.fromarray(it["image"]).save(tmp, format="PNG")
-                tmp.replace(path)
+                info = PngImagePlugin.PngInfo()
+                info.add_text("Title", it["tag"])
+                info.add_text("Description", it["caption"])
+                tmp = temporary_path(path)
+                try:
+                    Image.fromarray(it["image"]).save(tmp, format="PNG", pnginfo=info)
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
                 self.saved_files.append(path)
 
 

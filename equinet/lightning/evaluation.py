@@ -186,6 +186,24 @@ def summarise(volumes: List[Record], images: List[Record]) -> Dict[str, float]:
     return out
 
 
+def group_means(
+    volumes: List[Record], columns: Sequence[str] = RECON_COLUMNS + EQUIVARIANCE_COLUMNS
+) -> Dict[str, float]:
+    """Means over the volumes of each ``group`` (e.g. fastMRI's PD / PDFS), as ``<column>_<group>``.
+
+    The APS-U paper's Table 1 reports every metric separately for the two knee acquisitions.
+    """
+    out: Dict[str, float] = {}
+    groups = sorted({str(v["group"]) for v in volumes if v.get("group") not in (None, "")})
+    for group in groups:
+        for col in columns:
+            vals = [float(v[col]) for v in volumes
+                    if str(v.get("group")) == group and v.get(col) not in (None, "")]
+            if vals:
+                out[f"{col}_{group.lower()}"] = float(np.mean(vals))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # seeded shifts, vectorised per-sample circular shifts
 # --------------------------------------------------------------------------------------------

@@ -20,14 +20,16 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
+from equinet.data.types import ReconSample
 from equinet.lightning.callbacks import EquivarianceEvaluation, _batch, find_callback
 from equinet.lightning.evaluation import (
     batch_keys,
+    circular_shift_per_sample,
     denormalise,
     gather_unique,
+    group_means,
     slice_records,
     summarise,
     volume_metrics,
@@ -42,19 +44,27 @@ class ReconstructionModule(pl.LightningModule):
     """Train/evaluate an injected reconstruction network with fastMRI-convention metrics.
 
     Args:
-        network: maps the normalised input ``(B, 1, H, W)`` to the normalised reconstruction.
+        network: maps the normalised input ``(B, 1, H, W)`` to the normalised reconstruction
+            (or its ``{class_path, init_args}`` config, as checkpoints made by the CLI store it).
         loss: ``mse`` (the APS-U/iUNet papers), ``l1`` (fastMRI's U-Net baseline) or ``ssim``
             (``1 - SSIM``, fastMRI's 7x7 ``SSIMLoss`` on de-normalised images with the
             volume's data range).
-        optimizer: callable ``params -> Optimizer`` (default ``torch.optim.Adam``, lr 1e-3).
+        optimizer: callable ``params -> Optimizer`` (default ``torch.optim.Adam``, lr 1e-3), or its
+            ``{class_path, init_args}`` config.
         lr_scheduler: callable ``optimizer -> scheduler``, stepped once per epoch; ``None`` for
-            a constant rate. ``ReduceLROnPlateau`` monitors ``val/loss``.
+            a constant rate; or its ``{class_path, init_args}`` config. ``ReduceLROnPlateau``
+            monitors ``val/loss``.
         output_clamp: at evaluation (validation, test, predict) the output is clamped to
             ``[-output_clamp, output_clamp]`` in normalised units, i.e. to
             ``mean +- output_clamp * std`` of the input in original units: the same +-6 range
             fastMRI's ``UnetDataTransform`` clamps inputs and targets to. Training sees the raw
             output (a clamp there would zero the gradient of out-of-range pixels). ``None``
             disables it.
+        shift_augmentation: data augmentation by random circular shifts (the APS-U paper's
+            "DA"): each training sample's input and target are rolled by the same shift, drawn
+            uniformly from ``[-shift_augmentation, shift_augmentation]^2`` (the paper: 16) with
+            the seeded torch RNG (checkpointed by :class:`~equinet.lightning.ResumableRNG`).
+            Validation, test and predict inputs are never shifted. ``0`` (default) disables it.
 
     Validation logs ``val/loss``, ``val/nmse``, ``val/psnr``, ``val/ssim`` (means over volumes,
     exact under DDP); test logs the same under ``test/`` plus the equivariance metrics of an
@@ -69,28 +79,33 @@ class ReconstructionModule(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         output_clamp: Optional[float] = 6.0,
+        shift_augmentation: int = 0,
     ) -> None:
         super().__init__()
+        # Checkpoints hold plain data only, so they load with torch.load(weights_only=True): the
+        # network/optimiser/scheduler are stored when given as configs (class_path + init_args;
+        # the equinet CLI records its configs so, and this __init__ rebuilds them), never as the
+        # objects built in Python -- pass those again to load_from_checkpoint.
+        given = {"network": network, "optimizer": optimizer, "lr_scheduler": lr_scheduler}
+        self.save_hyperparameters("loss", "output_clamp", "shift_augmentation",
+                                  *[k for k, v in given.items() if _plain_data(v)])
+        network = from_config(network, nn.Module)
+        optimizer = from_config(optimizer, OptimizerCallable)
+        lr_scheduler = from_config(lr_scheduler, LRSchedulerCallable)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
         if output_clamp is not None and output_clamp <= 0:
             raise ValueError(f"output_clamp must be positive or None, got {output_clamp}")
-        # Checkpoints must hold plain data only, so they load with torch.load(weights_only=True).
-        # Under the equinet CLI the network/optimiser/scheduler arrive as their config
-        # (class_path + init_args): that is stored, and load_from_checkpoint rebuilds them. Built
-        # in Python they are objects: they are not stored -- pass them again when loading.
-        given = _given_hyperparameters.get()
-        values = given if isinstance(given, dict) else {"network": network, "optimizer": optimizer,
-                                                        "lr_scheduler": lr_scheduler}
-        self.save_hyperparameters(ignore=[k for k in ("network", "optimizer", "lr_scheduler")
-                                          if not _plain_data(values.get(k))])
+        if type(shift_augmentation) is not int or shift_augmentation < 0:
+            raise ValueError(f"shift_augmentation must be an int >= 0 (pixels), got {shift_augmentation!r}")
         self.network = network
         self.loss_name = loss
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.output_clamp = output_clamp
+        self.shift_augmentation = shift_augmentation
         if loss == "ssim":
             from fastmri.losses import SSIMLoss
 
@@ -120,8 +135,20 @@ class ReconstructionModule(pl.LightningModule):
         data_range = torch.as_tensor(b.max_value, dtype=out.dtype, device=out.device).reshape(-1).expand(out.shape[0])
         return self.ssim_loss(out, tgt, data_range, reduced=False).flatten(1).mean(dim=1)
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def augment(self, batch: Any) -> ReconSample:
+        """The training batch with input and target circularly shifted together, one random
+        shift per sample in ``[-shift_augmentation, shift_augmentation]^2`` (identity if 0)."""
         b = _batch(batch)
+        if not self.shift_augmentation:
+            return b
+        s = self.shift_augmentation
+        dims = b.input.dim() - 2
+        shifts = torch.randint(-s, s + 1, (b.input.shape[0], dims))  # the seeded global CPU RNG
+        return b._replace(input=circular_shift_per_sample(b.input, shifts),
+                          target=circular_shift_per_sample(b.target, shifts))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        b = self.augment(batch)
         loss = self.per_sample_loss(self(b.input), b).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=b.input.shape[0])
         return loss
@@ -168,13 +195,22 @@ class ReconstructionModule(pl.LightningModule):
         volumes = volume_metrics(records)
         images: List[Dict[str, Any]] = []
         meta: Dict[str, Any] = {}
-        equivariance = find_callback(self._trainer, EquivarianceEvaluation) if stage == "test" else None
+        trainer = self.trainer
+        equivariance = find_callback(trainer, EquivarianceEvaluation) if stage == "test" else None
         if equivariance is not None:
             extra = equivariance.report()
             volumes = merge_records_by_volume(volumes, extra["volumes"])
             images = extra["images"]
             meta.update(extra["meta"])
+        groups = volume_groups(trainer, stage)
+        for v in volumes:
+            if v["fname"] in groups:
+                v["group"] = groups[v["fname"]]
         summary = summarise(volumes, images)
+        summary.update(group_means(volumes))
+        # Lightning logs these at the step given by a logged "step" metric: the training step that
+        # is evaluated, which the image panels of this evaluation use too
+        self.log("step", float(self.evaluation_step), sync_dist=True)
         for name in ("loss", "nmse", "psnr", "ssim"):
             if name in summary:
                 # the value is identical on every rank after the gather; sync_dist keeps it so
@@ -182,19 +218,30 @@ class ReconstructionModule(pl.LightningModule):
                 self.log(f"{stage}/{name}", summary[name], sync_dist=True, prog_bar=name == "ssim")
         self.evaluation = {"stage": stage, "volumes": volumes, "images": images, "summary": summary,
                            "slices": len(records), "duplicates_dropped": duplicates}
-        trainer = self._trainer
-        if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         ckpt = getattr(trainer, "ckpt_path", None)
         progress = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
-        if trainer.state.fn != "fit" and self._checkpoint_progress is not None:
+        if self._evaluates_checkpoint():
             progress = self._checkpoint_progress  # evaluating a checkpoint: its training progress
-        meta = {"network": _describe(self), "epoch": progress["epoch"], "global step": progress["global_step"],
+        meta = {"data": describe_data(trainer.datamodule), "network": _describe(self),
+                "epoch": progress["epoch"], "global step": progress["global_step"],
                 "checkpoint": ckpt or "(weights in memory)", "volumes": len(volumes), "slices": len(records),
                 "duplicate slices dropped (distributed sampler padding)": duplicates,
                 "world size": trainer.world_size, **meta}
         self.evaluation["files"] = write_report(Path(trainer.default_root_dir), report_name(stage, self.report_tag),
                                                 volumes, images, summary, meta)
+
+    def _evaluates_checkpoint(self) -> bool:
+        return self.trainer.state.fn != "fit" and self._checkpoint_progress is not None
+
+    @property
+    def evaluation_step(self) -> int:
+        """The logger step of an evaluation's scalars and image panels: the training step evaluated
+        (``trainer.global_step`` during fit; the checkpoint's step when evaluating a checkpoint)."""
+        if self._evaluates_checkpoint():
+            return int(self._checkpoint_progress.get("global_step") or 0)
+        return self.trainer.global_step
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # remembered for the reports of validate/test runs: which training state is evaluated
@@ -219,6 +266,36 @@ def _describe(module: ReconstructionModule) -> str:
     if args is None:
         args = {k: getattr(net, k) for k in ("sampling", "sampling_kwargs", "widths") if hasattr(net, k)}
     return f"{type(net).__name__}(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")"
+
+
+def volume_groups(trainer: Optional[pl.Trainer], stage: str) -> Dict[str, str]:
+    """``{fname: group}`` from the DataModule's ``volume_groups(stage)`` if it has one (fastMRI: the
+    acquisition, PD or PDFS), so reports can split the metrics by group."""
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    method = getattr(datamodule, "volume_groups", None)
+    return dict(method(stage)) if callable(method) else {}
+
+
+def describe_data(datamodule: Any) -> str:
+    """Which data an evaluation ran on, for its report: the dataset root, or that the data were
+    the generated synthetic dataset (an equinet DataModule says so itself)."""
+    if datamodule is None:
+        return "dataloaders passed to the Trainer directly"
+    if hasattr(datamodule, "data_description"):
+        return datamodule.data_description()
+    return type(datamodule).__name__
+
+
+def from_config(value: Any, kind: Any) -> Any:
+    """The object a ``{class_path, init_args}`` config describes (built by jsonargparse as the CLI
+    builds it, for the type ``kind``); any other value is returned as it is."""
+    if not (isinstance(value, dict) and "class_path" in value):
+        return value
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--value", type=kind)
+    return parser.instantiate(parser.parse_object({"value": value})).value
 
 
 def _plain_data(value: Any) -> bool:

@@ -9,6 +9,9 @@ checkpoints or reports, and ``latest`` points at the newest::
                               val_summary.md  test_summary.md  test_config.yaml  ...
       latest -> 20261130-104512-3fa2
 
+``latest`` moves to a run when its training starts (its ``config.yaml`` is written); a command
+that fails before writing anything leaves no folder behind.
+
 The folder's name is, in this order:
 
 1. ``--run.name NAME`` (the study names each variant's run this way);
@@ -169,6 +172,16 @@ def point_latest(group: Path, run: Path) -> None:
         tmp.unlink(missing_ok=True)
         log.warning("could not point %s at %s (%s); use --run.name %s to find this run", group / LATEST, run, err,
                     run.name)
+
+
+def remove_if_empty(run: Optional[Path]) -> None:
+    """Remove a run folder that holds nothing (its command failed before it wrote anything)."""
+    if run is None:
+        return
+    try:
+        Path(run).rmdir()  # fails, harmlessly, unless the folder is empty
+    except OSError:
+        pass
 
 
 def report_name(stage: str, tag: Optional[str]) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from equinet.sampling.base import PADDING_MODES
-from equinet.sampling.orthogonal import InitSpec, OrthogonalMatrices
+from equinet.sampling.orthogonal import InitSpec, OrthogonalMatrices, piece_slices
 
 __all__ = [
     "AdditiveCoupling",
@@ -27,9 +27,16 @@ __all__ = [
 ]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_CONV_F = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
-_CONV_T_F = {1: nn.functional.conv_transpose1d, 2: nn.functional.conv_transpose2d, 3: nn.functional.conv_transpose3d}
-_CONV_WEIGHT = {1: nn.grad.conv1d_weight, 2: nn.grad.conv2d_weight, 3: nn.grad.conv3d_weight}
+
+# See AdditiveCoupling: F is recomputed on sub-batches of about this many input elements.
+SUB_BATCH_ELEMENTS = 1 << 17
+
+# Module types that may make a block depend on the batch or on chance (see unsupported_for_inversion).
+SUSPECT_TYPES = (
+    nn.modules.dropout._DropoutNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 class AdditiveCoupling(nn.Module):
@@ -46,36 +53,99 @@ class AdditiveCoupling(nn.Module):
         self.F = F
         self.split = int(split)
 
+    # The pair methods work on the two halves as separate tensors, so that a chain of couplings
+    # (whose splits line up: see create_standard_module) never concatenates; ``inplace`` lets
+    # them update a half in place when the caller owns its memory and no graph is recorded.
+    #
+    # Without a graph (and when back-propagating by inversion) F runs on sub-batches of about
+    # SUB_BATCH_ELEMENTS input elements (at least one sample): its intermediate activations, and
+    # in the backward pass its graph, then take the memory of one sub-batch, not of the batch.
+    # F treats samples independently (no batch statistics, checked), so only memory changes, and
+    # every pass uses the same sub-batches: a recomputed F(x2) equals the forward's bit for bit.
+
+    def _sub_batches(self, x: torch.Tensor) -> List[slice]:
+        step = max(1, SUB_BATCH_ELEMENTS // max(1, x[:1].numel()))
+        if step >= x.shape[0]:
+            return [slice(None)]
+        if getattr(self, "_suspects", None) is None:  # (found once; their .training is read each time)
+            self._suspects = [m for m in self.F.modules() if isinstance(m, SUSPECT_TYPES)]
+        if any(unsupported_for_inversion(m) for m in self._suspects):
+            return [slice(None)]
+        return [slice(b, b + step) for b in range(0, x.shape[0], step)]
+
+    def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, inplace: bool = False):
+        """``(x1, x2) -> (x2, x1 + F(x2))``."""
+        if inplace and not torch.is_grad_enabled():
+            for s in self._sub_batches(x2):
+                x1[s].add_(self.F(x2[s]))
+            return x2, x1
+        f = self.F(x2)
+        return x2, (x1.add_(f) if inplace else x1 + f)
+
+    def inverse_pair(self, y1: torch.Tensor, y2: torch.Tensor, inplace: bool = False):
+        """``(y1, y2) -> (y2 - F(y1), y1)``."""
+        if inplace and not torch.is_grad_enabled():
+            for s in self._sub_batches(y1):
+                y2[s].sub_(self.F(y1[s]))
+            return y2, y1
+        f = self.F(y1)
+        return (y2.sub_(f) if inplace else y2 - f), y1
+
+    def backward_pair(
+        self, y1, y2, grad_y1, grad_y2, params, inplace: bool = False, inplace_grad: bool = False
+    ):
+        """Reconstruct ``(x1, x2)`` from ``(y1, y2)`` and back-propagate, evaluating ``F`` once
+        (RevNet trick): ``x2 = y1`` bit for bit, so ``F(x2)`` equals the forward's value;
+        ``grad_x1 = grad_y2`` and ``grad_x2 = grad_y1 + (dF/dx2)^T grad_y2``. ``inplace`` /
+        ``inplace_grad``: ``x1`` / ``grad_x2`` overwrite ``y2`` / ``grad_y1``.
+        Returns ``(x1, x2, grad_x1, grad_x2, grad_params)``."""
+        x1 = y2 if inplace else y2.clone()
+        grad_x2 = grad_y1 if inplace_grad else grad_y1.clone()
+        grad_params: List[Optional[torch.Tensor]] = [None] * len(params)
+        for s in self._sub_batches(y1):
+            with torch.enable_grad():
+                x2 = y1[s].detach().contiguous().requires_grad_(True)
+                f = self.F(x2)
+            grads = torch.autograd.grad(f, [x2, *params], grad_y2[s], allow_unused=True)
+            # only now (this graph is spent) may x1 / grad_x2, which can share memory with x2, change
+            x1[s].sub_(f.detach())
+            del f
+            if grads[0] is not None:
+                grad_x2[s].add_(grads[0])
+            grad_params = [
+                g if a is None else a if g is None else a + g for a, g in zip(grad_params, grads[1:])
+            ]
+        return x1, y1, grad_y2, grad_x2, tuple(grad_params)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x[:, : self.split], x[:, self.split :]
-        return torch.cat([x2, x1 + self.F(x2)], dim=1)
+        return torch.cat(self.forward_pair(x[:, : self.split], x[:, self.split :]), dim=1)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         c2 = y.shape[1] - self.split
-        y1, y2 = y[:, :c2], y[:, c2:]
-        return torch.cat([y2 - self.F(y1), y1], dim=1)
+        return torch.cat(self.inverse_pair(y[:, :c2], y[:, c2:]), dim=1)
 
     def backward_by_inversion(
         self, y: torch.Tensor, grad_y: torch.Tensor, params: Sequence[torch.Tensor]
     ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[Optional[torch.Tensor], ...]]:
-        """Reconstruct ``x`` and back-propagate ``grad_y`` evaluating ``F`` once (RevNet trick).
-
-        ``x2 = y1`` is reconstructed bit for bit, so ``F(x2)`` equals the forward's value;
-        ``grad_x1 = grad_y2`` and ``grad_x2 = grad_y1 + (dF/dx2)^T grad_y2``.
-        """
+        """:meth:`backward_pair` on whole tensors: ``(x, grad_x, grad_params)``."""
         c2 = y.shape[1] - self.split
-        y1, y2 = y[:, :c2], y[:, c2:]
-        g1, g2 = grad_y[:, :c2], grad_y[:, c2:]
-        with torch.enable_grad():
-            x2 = y1.detach().requires_grad_(True)
-            f = self.F(x2)
-            grads = torch.autograd.grad(f, [x2, *params], g2, allow_unused=True)
-        x1 = y2 - f.detach()
-        grad_x2 = g1 if grads[0] is None else g1 + grads[0]
-        return torch.cat([x1, y1], dim=1), torch.cat([g2, grad_x2], dim=1), tuple(grads[1:])
+        halves = (y[:, :c2], y[:, c2:], grad_y[:, :c2], grad_y[:, c2:])
+        x1, x2, g1, g2, grads = self.backward_pair(*halves, params)
+        return torch.cat([x1, x2], dim=1), torch.cat([g1, g2], dim=1), grads
 
     def extra_repr(self) -> str:
         return f"split={self.split}"
+
+
+def runs_on_halves(module: nn.Module) -> bool:
+    """Whether ``module`` is an additive coupling whose forward, inverse and backward are the pair
+    methods (an :class:`~equinet.models.memory_efficient.InvertibleProgram` then runs it on the two
+    halves; a subclass that overrides one of them runs on whole tensors)."""
+    cls = type(module)
+    return isinstance(module, AdditiveCoupling) and all(
+        getattr(cls, name) is getattr(AdditiveCoupling, name)
+        for name in ("forward", "inverse", "backward_by_inversion")
+    )
 
 
 class StandardBlock(nn.Module):
@@ -106,7 +176,8 @@ class StandardBlock(nn.Module):
             cout = out_channels if i == block_depth - 1 else width
             conv = _CONV[dim](cin, cout, kernel_size, padding=kernel_size // 2, padding_mode=padding_mode, bias=False)
             nn.init.kaiming_uniform_(conv.weight, a=negative_slope, mode="fan_out", nonlinearity="leaky_relu")
-            layers += [conv, nn.LeakyReLU(negative_slope), nn.GroupNorm(1, cout, eps=1e-3)]
+            # in place: the convolution's output is not needed again, so the activation reuses it
+            layers += [conv, nn.LeakyReLU(negative_slope, inplace=True), nn.GroupNorm(1, cout, eps=1e-3)]
         if zero_init:
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)
@@ -160,6 +231,7 @@ class InvertibleChannelMixing(nn.Module):
     """
 
     dim: int = 0
+    backward_in_place = True  # backward_by_inversion(..., in_place=True) is supported
 
     def __init__(
         self,
@@ -174,7 +246,12 @@ class InvertibleChannelMixing(nn.Module):
         self.orthogonal = OrthogonalMatrices(1, self.in_channels, method, init, learnable, n_reflections)
 
     def kernel(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        return self.orthogonal.matrix(dtype).reshape(self.in_channels, self.in_channels, *(1,) * self.dim)
+        """The equivalent 1x1 convolution kernel ``(C, C, 1, ..)``."""
+        return self.matrix(dtype).reshape(self.in_channels, self.in_channels, *(1,) * self.dim)
+
+    def matrix(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """``Q``, ``(C, C)``."""
+        return self.orthogonal.matrix(dtype)[0]
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != self.dim + 2 or x.shape[1] != self.in_channels:
@@ -185,24 +262,79 @@ class InvertibleChannelMixing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        return _CONV_F[self.dim](x, self.kernel(x.dtype))
+        return _mix(self.matrix(x.dtype), x)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y)
-        return _CONV_T_F[self.dim](y, self.kernel(y.dtype))
+        return _mix(self.matrix(y.dtype).t(), y)
 
-    def backward_by_inversion(self, y, grad_y, params):
-        """``x = Q^T y``, ``grad_x = Q^T grad_y``, ``grad_Q`` = 1x1 conv weight gradient."""
+    def forward_chunks(self, chunks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` of the channel concatenation of ``chunks`` without concatenating them
+        (autograd keeps the chunks, which the blocks before keep anyway, not a copy of them)."""
+        q = self.matrix(chunks[0].dtype)
+        out, start = None, 0
+        for c in chunks:
+            part = q[:, start : start + c.shape[1]].expand(c.shape[0], -1, -1)
+            out = torch.bmm(part, _pixels(c)) if out is None else out.baddbmm_(part, _pixels(c))
+            start += c.shape[1]
+        if start != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.in_channels} channels, got chunks of {start}"
+            )
+        return out.view(chunks[0].shape[0], self.in_channels, *chunks[0].shape[2:])
+
+    def _mix_in_place(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        pixels = _pixel_view(x)
+        batched = matrix.expand(x.shape[0], *matrix.shape)
+        for s in piece_slices(pixels.shape[2], pixels.shape[0] * pixels.shape[1], x.device, in_place=True):
+            pixels[:, :, s] = torch.bmm(batched, pixels[:, :, s])
+        return x
+
+    def forward_in_place(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without autograd, overwriting ``x`` (one pixel range at a time)."""
+        self._check(x)
+        return self._mix_in_place(x, self.matrix(x.dtype).detach())
+
+    def inverse_in_place(self, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`inverse` without autograd, overwriting ``y``."""
+        self._check(y)
+        return self._mix_in_place(y, self.matrix(y.dtype).detach().t())
+
+    def backward_by_inversion(self, y, grad_y, params, in_place: bool = False):
+        """``x = Q^T y``, ``grad_x = Q^T grad_y``, ``grad_Q = sum over pixels of grad_y x^T``, one pass
+        over pixel ranges; ``in_place``: ``x`` and ``grad_x`` overwrite ``y`` and ``grad_y``."""
         with torch.enable_grad():
-            k = self.kernel(y.dtype)
-        kd = k.detach()
-        x = _CONV_T_F[self.dim](y, kd)
-        grad_x = _CONV_T_F[self.dim](grad_y, kd)
-        grads = ()
-        if params:
-            grad_k = _CONV_WEIGHT[self.dim](x, kd.shape, grad_y)
-            grads = torch.autograd.grad(k, list(params), grad_k, allow_unused=True)
+            q = self.matrix(y.dtype)
+        qt = q.detach().t().expand(y.shape[0], *q.shape)
+        x, grad_x = (y, grad_y) if in_place else (torch.empty_like(y), torch.empty_like(grad_y))
+        grad_q = q.new_zeros(q.shape) if params else None
+        ys, gs, xs, gxs = _pixels(y), _pixels(grad_y), _pixel_view(x), _pixel_view(grad_x)
+        for s in piece_slices(ys.shape[2], ys.shape[0] * ys.shape[1], y.device, in_place):
+            xp, gp = torch.bmm(qt, ys[:, :, s]), gs[:, :, s]
+            if grad_q is not None:
+                grad_q += torch.bmm(gp, xp.transpose(1, 2)).sum(0)
+            gxp = torch.bmm(qt, gp)
+            xs[:, :, s] = xp
+            gxs[:, :, s] = gxp
+        grads = torch.autograd.grad(q, list(params), grad_q, allow_unused=True) if params else ()
         return x, grad_x, grads
+
+
+def _mix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix @ x`` at every pixel, as a batched matrix product: autograd keeps ``x`` itself
+    (a 2D @ 3D ``matmul`` would keep a transposed copy of it)."""
+    pixels = _pixels(x)
+    return torch.bmm(matrix.expand(x.shape[0], *matrix.shape), pixels).view(x.shape)
+
+
+def _pixels(t: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *spatial)`` as ``(B, C, N)``."""
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
+def _pixel_view(t: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *spatial)`` as a ``(B, C, N)`` view (to write through)."""
+    return t.view(t.shape[0], t.shape[1], -1)
 
 
 class InvertibleChannelMixing1D(InvertibleChannelMixing):

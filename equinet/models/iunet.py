@@ -60,6 +60,7 @@ from torch import nn
 
 from equinet.models.invertible import (
     CHANNEL_MIXING,
+    SUSPECT_TYPES,
     check_invertible,
     create_standard_module,
     unsupported_for_inversion,
@@ -78,11 +79,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_SUSPECT_TYPES = (
-    nn.modules.dropout._DropoutNd,
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-)
 
 StrideSpec = Union[int, Sequence[int], List[Union[int, Sequence[int]]]]
 
@@ -383,7 +379,7 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
             for i in range(self.num_levels):
                 for side in ("encoder_modules", "decoder_modules"):
                     for name, m in getattr(self, side)[i].named_modules(prefix=f"{side}.{i}"):
-                        if isinstance(m, _SUSPECT_TYPES):
+                        if isinstance(m, SUSPECT_TYPES):
                             self._suspects.append((name, m))
         bad = []
         for name, m in self._suspects:

@@ -25,6 +25,11 @@ def conv_transpose_nd(dim: int):
     return _CONV_T[dim]
 
 
+def conv_function(dim: int):
+    """``F.conv1d`` / ``F.conv2d`` / ``F.conv3d``."""
+    return _CONV_F[dim]
+
+
 def pad_mode(padding_mode: str) -> str:
     """Padding for the fixed (non-learned) filters: wrap for a circular network, else replicate.
 
@@ -100,11 +105,16 @@ class _NeighbourMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (first,) = ctx.saved_tensors
-        dim = ctx.dim
-        to_first = grad * first
-        to_second = grad - to_first
-        pad_first = [0, 0] * (grad.dim() - 1 - dim % grad.dim())
-        return (F.pad(to_first, pad_first + [0, 1]) + F.pad(to_second, pad_first + [1, 0])), None
+        dim, n = ctx.dim, grad.shape[ctx.dim]
+        shape = list(grad.shape)
+        shape[dim] += 1
+        out = grad.new_empty(shape)
+        # out[i] = grad[i] * first[i] + grad[i - 1] * (1 - first[i - 1]), written in place (both
+        # products are exact: the mask is 0 or 1)
+        torch.mul(grad, first, out=out.narrow(dim, 0, n))
+        out.narrow(dim, n, 1).zero_()
+        out.narrow(dim, 1, n).addcmul_(grad, torch.sub(1, first))
+        return out, None
 
 
 class DenseMaxPool(nn.Module):

@@ -6,6 +6,9 @@ its own orthogonal ``sigma x sigma`` matrix ``A_c`` whose ``i``-th row, reshaped
 (row-major), is output filter ``c * sigma + i`` (Theorem 4's reordering ``R``). The windows do
 not overlap, so the operator is orthogonal: it preserves the l2 norm and its inverse is the
 transposed convolution with the same kernel (= the matching upsampling, Definition 3).
+It is computed as what it is: a permutation of the pixels into blocks (``pixel_unshuffle``)
+and one ``sigma x sigma`` matrix product per channel, forward and backward, in cache-sized pieces
+on the CPU and, without autograd, in place (see :func:`block_down`).
 
 Parametrisation. ``A(theta) = Q(theta) @ B`` with ``Q(theta_0) = I``:
 
@@ -46,7 +49,6 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from equinet.sampling.adaptive import PhaseChoice, average_over_symmetries
@@ -55,6 +57,9 @@ from equinet.sampling.polyphase import max_norm_choice, roll_per_sample
 
 __all__ = [
     "METHODS",
+    "piece_slices",
+    "reinterpret",
+    "samples_contiguous",
     "OrthogonalMatrices",
     "orthogonal_init_matrix",
     "dct_matrix",
@@ -326,18 +331,293 @@ class OrthogonalMatrices(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# Block kernels: Theorem 4's strided convolution computed as what it is -- a permutation of the
+# pixels (pixel_unshuffle) and one sigma x sigma matrix product per channel
+# --------------------------------------------------------------------------------------------
+
+# On the CPU the kernels walk through a tensor in pieces of about this many elements: the permuted
+# copy of a piece stays in cache and its memory is reused, instead of a fresh page-faulted tensor
+# the size of the input (which costs more than the arithmetic). Accelerators take it in one piece,
+# or, when working in place, in pieces of the larger size (to bound the temporary memory).
+_PIECE_ELEMENTS = 1 << 18
+_DEVICE_PIECE_ELEMENTS = 1 << 24
+
+
+def _piece_limit(device: torch.device, in_place: bool) -> Optional[int]:
+    return _PIECE_ELEMENTS if device.type == "cpu" else _DEVICE_PIECE_ELEMENTS if in_place else None
+
+
+def piece_slices(length: int, elements_per_index: int, device: torch.device, in_place: bool = False):
+    """Slices of ``range(length)`` covering about :data:`_PIECE_ELEMENTS` elements each on the CPU
+    (``elements_per_index`` per index); elsewhere one slice (``_DEVICE_PIECE_ELEMENTS`` in place)."""
+    limit = _piece_limit(device, in_place)
+    step = max(1, length) if limit is None else max(1, limit // max(1, elements_per_index))
+    for start in range(0, length, step):
+        yield slice(start, start + step)
+
+
+def samples_contiguous(t: torch.Tensor) -> bool:
+    """Whether every sample ``t[b]`` is one contiguous range of memory (e.g. a channel slice of a
+    contiguous tensor): the layout in which resampling can work in place."""
+    expected = 1
+    for size, step in reversed(list(zip(t.shape[1:], t.stride()[1:]))):
+        if size != 1 and step != expected:
+            return False
+        expected *= size
+    return True
+
+
+def reinterpret(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The memory of ``t`` (see :func:`samples_contiguous`) seen with another shape that has as
+    many elements per sample: each sample keeps its range of memory."""
+    if not samples_contiguous(t) or shape[0] != t.shape[0] or math.prod(shape[1:]) != math.prod(t.shape[1:]):
+        raise ValueError(
+            f"cannot view a tensor of shape {tuple(t.shape)}, strides {t.stride()} as {tuple(shape)}"
+        )
+    strides, step = [], 1
+    for size in reversed(shape[1:]):
+        strides.append(step)
+        step *= size
+    return t.as_strided(tuple(shape), (t.stride(0), *reversed(strides)), t.storage_offset())
+
+
+class _Blocks:
+    """Geometry of one resampling between fine ``(B, C, n_1 s_1, .., n_d s_d)`` and coarse
+    ``(B, C sigma, n_1, .., n_d)`` tensors, and the permutation between pixels and blocks.
+
+    In both layouts sample ``b``, channel ``c`` occupies the same ``sigma N`` consecutive elements
+    of a contiguous tensor, so a resampling can overwrite its input piece by piece."""
+
+    def __init__(self, batch: int, channels: int, n: Sequence[int], stride: Sequence[int]) -> None:
+        self.batch, self.channels, self.n, self.stride = batch, channels, tuple(n), tuple(stride)
+        self.sigma, self.count = math.prod(self.stride), math.prod(self.n)
+        self.fine_shape = (batch, channels, *(n * s for n, s in zip(self.n, self.stride)))
+        self.coarse_shape = (batch, channels * self.sigma, *self.n)
+
+    @classmethod
+    def of_fine(cls, x: torch.Tensor, stride: Sequence[int]) -> "_Blocks":
+        return cls(x.shape[0], x.shape[1], [size // s for size, s in zip(x.shape[2:], stride)], stride)
+
+    @classmethod
+    def of_coarse(cls, y: torch.Tensor, stride: Sequence[int]) -> "_Blocks":
+        return cls(y.shape[0], y.shape[1] // math.prod(stride), y.shape[2:], stride)
+
+    def columns(self, coarse: torch.Tensor) -> torch.Tensor:
+        """A coarse tensor as ``(B, C, sigma, N)``: the coefficients of every block."""
+        return coarse.reshape(coarse.shape[0], -1, self.sigma, self.count)
+
+    def blocks(self, fine: torch.Tensor) -> torch.Tensor:
+        """A fine tensor as ``(B, C, s_1, .., s_d, n_1, .., n_d)``: entry ``(b, c, k, n)`` is pixel
+        ``s n + k`` of channel ``c`` (a view when every spatial row is contiguous)."""
+        d = len(self.stride)
+        shape = list(fine.shape[:2])
+        for n, s in zip(self.n, self.stride):
+            shape += [n, s]
+        order = (0, 1, *(3 + 2 * i for i in range(d)), *(2 + 2 * i for i in range(d)))
+        return fine.reshape(shape).permute(order)
+
+    def pieces(self, device: torch.device, in_place: bool = False, whole_batch: bool = True):
+        """``(batch slice, fine channel slice, coarse channel slice)`` pieces (see
+        :data:`_PIECE_ELEMENTS`): several whole samples (only if ``whole_batch``: every written
+        tensor is contiguous), or a channel range of one sample -- each piece one range of memory,
+        the same in the fine and in the coarse layout."""
+        everything = slice(None)
+        per_channel = self.sigma * self.count
+        per_sample = self.channels * per_channel
+        limit = _piece_limit(device, in_place) or self.batch * per_sample
+        if whole_batch and self.batch * per_sample <= limit:
+            yield everything, everything, everything
+        elif whole_batch and per_sample <= limit:
+            step = limit // per_sample
+            for b in range(0, self.batch, step):
+                yield slice(b, b + step), everything, everything
+        else:
+            step = max(1, limit // per_channel)
+            for b in range(self.batch):
+                for c in range(0, self.channels, step):
+                    yield slice(b, b + 1), slice(c, c + step), slice(c * self.sigma, (c + step) * self.sigma)
+
+    def read_columns(self, coarse: torch.Tensor) -> torch.Tensor:
+        """A coarse piece as ``(b c, sigma, N)`` (a view when possible)."""
+        return self.columns(coarse).reshape(-1, self.sigma, self.count)
+
+    def target_columns(self, coarse: torch.Tensor) -> torch.Tensor:
+        """A coarse piece as a writable ``(b c, sigma, N)`` view."""
+        return self.columns(coarse).view(-1, self.sigma, self.count)
+
+    def read_blocks(self, fine: torch.Tensor, copy: bool = False) -> torch.Tensor:
+        """The blocks of a fine piece as a ``(b c, sigma, N)`` tensor (the permutation; a view
+        only for strides that permute nothing, unless ``copy``: then never shares memory)."""
+        blocks = self.blocks(fine)
+        if not copy:
+            return blocks.reshape(-1, self.sigma, self.count)
+        rows = blocks.shape[0] * blocks.shape[1]
+        out = torch.empty((rows, self.sigma, self.count), dtype=fine.dtype, device=fine.device)
+        out.view(blocks.shape).copy_(blocks)
+        return out
+
+    def write_blocks(self, columns: torch.Tensor, fine: torch.Tensor) -> None:
+        """Write ``(b c, sigma, N)`` block columns into the pixels of the fine piece ``fine``."""
+        self.blocks(fine).copy_(columns.view(*fine.shape[:2], *self.stride, *self.n))
+
+
+def _repeat(a: torch.Tensor, rows: int) -> torch.Tensor:
+    """The ``(c, m, k)`` matrices of a piece for each of its ``rows // c`` samples: ``(rows, m, k)``."""
+    return a.unsqueeze(0).expand(rows // a.shape[0], *a.shape).reshape(rows, *a.shape[1:])
+
+
+def _gram_into(gram: torch.Tensor, cs: slice, left: torch.Tensor, right: torch.Tensor) -> None:
+    """``gram[c] += sum over the piece's samples and blocks of left[., :, n] right[., :, n]^T``."""
+    products = torch.bmm(left, right.transpose(1, 2))
+    gram[cs] += products.view(-1, *gram[cs].shape).sum(0)
+
+
+def _whole_batch(*written: torch.Tensor) -> bool:
+    return all(t.is_contiguous() for t in written)
+
+
+def block_down(fine, a, stride, gram_with=None, out=None):
+    """``coarse[b, c sigma + i, n] = sum_k a[c, i, k] fine[b, c, s n + k]`` (Theorem 4), no autograd.
+
+    With ``gram_with`` (coarse-shaped, ``w``) also ``sum_{b,n} w[b, c, :, n] u[b, c, :, n]^T`` per
+    channel, ``u`` the blocks of ``fine``: the matrix gradient of an upsampling of ``w``.
+    ``out``: where to write the result; it may be ``reinterpret(fine, ...)`` (in place).
+    """
+    geo = _Blocks.of_fine(fine, stride)
+    coarse = fine.new_empty(geo.coarse_shape) if out is None else out
+    gram = None if gram_with is None else a.new_zeros(a.shape)
+    for bs, cs, ccs in geo.pieces(fine.device, out is not None, _whole_batch(coarse)):
+        u = geo.read_blocks(fine[bs, cs], copy=out is not None)  # (the target may be this memory)
+        torch.bmm(_repeat(a[cs], u.shape[0]), u, out=geo.target_columns(coarse[bs, ccs]))
+        if gram is not None:
+            _gram_into(gram, cs, geo.read_columns(gram_with[bs, ccs]), u)
+    return coarse, gram
+
+
+def block_up(coarse, a, stride, gram_with=None, out=None):
+    """The adjoint (= inverse) of :func:`block_down`, no autograd: ``fine[b, c, s n + k] =
+    sum_i a[c, i, k] coarse[b, c sigma + i, n]``. With ``gram_with`` (coarse-shaped, ``y``) also
+    ``sum_{b,n} coarse[b, c, :, n] y[b, c, :, n]^T`` per channel: times ``a`` it is the matrix
+    gradient of ``y = block_down(x, a)`` for the output gradient ``coarse`` (as ``x``'s blocks
+    are ``a^T y``), computed without touching ``x``. ``out`` as in :func:`block_down`."""
+    geo = _Blocks.of_coarse(coarse, stride)
+    fine = coarse.new_empty(geo.fine_shape) if out is None else out
+    at = a.transpose(1, 2)
+    gram = None if gram_with is None else a.new_zeros(a.shape)
+    for bs, cs, ccs in geo.pieces(coarse.device, out is not None, _whole_batch(fine)):
+        columns = geo.read_columns(coarse[bs, ccs])
+        if gram is not None:
+            _gram_into(gram, cs, columns, geo.read_columns(gram_with[bs, ccs]))
+        geo.write_blocks(torch.bmm(_repeat(at[cs], columns.shape[0]), columns), fine[bs, cs])
+    return fine, gram
+
+
+def invert_block_down(y, grad_y, a, stride, gram=True, out=None):
+    """For ``y = block_down(x, a)``: ``(x, grad_x, grad_a)`` from ``y`` and its gradient, in one pass
+    (``grad_a`` is ``None`` unless ``gram``). ``out``: a pair of fine-shaped tensors to write ``x``
+    and ``grad_x`` into; they may reinterpret ``y`` and ``grad_y`` (in place)."""
+    geo = _Blocks.of_coarse(y, stride)
+    x, grad_x = (y.new_empty(geo.fine_shape), y.new_empty(geo.fine_shape)) if out is None else out
+    at = a.transpose(1, 2)
+    grad_a = a.new_zeros(a.shape) if gram else None
+    for bs, cs, ccs in geo.pieces(y.device, out is not None, _whole_batch(x, grad_x)):
+        columns, grads = geo.read_columns(y[bs, ccs]), geo.read_columns(grad_y[bs, ccs])
+        m = _repeat(at[cs], columns.shape[0])
+        u = torch.bmm(m, columns)  # the blocks of x
+        if gram:
+            _gram_into(grad_a, cs, grads, u)
+        grads = torch.bmm(m, grads)
+        geo.write_blocks(u, x[bs, cs])  # (the piece has been read in full above)
+        geo.write_blocks(grads, grad_x[bs, cs])
+    return x, grad_x, grad_a
+
+
+def invert_block_up(x, grad_x, a, stride, gram=True, out=None):
+    """For ``x = block_up(w, a)``: ``(w, grad_w, grad_a)`` from ``x`` and its gradient, in one pass
+    (``grad_a`` is ``None`` unless ``gram``; ``out`` as in :func:`invert_block_down`, coarse-shaped)."""
+    geo = _Blocks.of_fine(x, stride)
+    w, grad_w = (x.new_empty(geo.coarse_shape), x.new_empty(geo.coarse_shape)) if out is None else out
+    grad_a = a.new_zeros(a.shape) if gram else None
+    for bs, cs, ccs in geo.pieces(x.device, out is not None, _whole_batch(w, grad_w)):
+        in_place = out is not None  # (then the targets may be this memory)
+        u, g = geo.read_blocks(x[bs, cs], copy=in_place), geo.read_blocks(grad_x[bs, cs], copy=in_place)
+        m = _repeat(a[cs], u.shape[0])
+        columns = geo.target_columns(w[bs, ccs])
+        torch.bmm(m, u, out=columns)
+        torch.bmm(m, g, out=geo.target_columns(grad_w[bs, ccs]))
+        if gram:
+            _gram_into(grad_a, cs, columns, g)
+    return w, grad_w, grad_a
+
+
+def _gram(coarse, fine, stride):
+    """``sum_{b, n} coarse[b, c, :, n] u[b, c, :, n]^T`` (``u``: the blocks of ``fine``) in
+    differentiable tensor algebra, for double backward."""
+    geo = _Blocks.of_fine(fine, stride)
+    u = geo.blocks(fine).reshape(geo.batch, geo.channels, geo.sigma, geo.count)
+    return (geo.columns(coarse) @ u.transpose(-1, -2)).sum(0)
+
+
+def _coarse_gram(left, right, stride):
+    """``sum_{b, n} left[b, c, :, n] right[b, c, :, n]^T`` of two coarse tensors, differentiably."""
+    geo = _Blocks.of_coarse(left, stride)
+    return (geo.columns(left) @ geo.columns(right).transpose(-1, -2)).sum(0)
+
+
+class _BlockDown(torch.autograd.Function):
+    """:func:`block_down` with autograd: the input gradient is :func:`block_up` of the output
+    gradient, the matrix gradient its gram with the input."""
+
+    @staticmethod
+    def forward(ctx, fine, a, stride):
+        ctx.stride = stride
+        coarse = block_down(fine, a, stride)[0]
+        # the output, not the input: the matrix gradient needs x's blocks, which are a^T y, and
+        # y is kept by whatever consumes it (the input may be a temporary, e.g. a rolled copy)
+        ctx.save_for_backward(coarse, a)
+        return coarse
+
+    @staticmethod
+    def backward(ctx, grad):
+        coarse, a = ctx.saved_tensors
+        need_fine, need_a = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():  # create_graph: the same formulas, differentiably
+            grad_fine = _BlockUp.apply(grad, a, ctx.stride) if need_fine else None
+            return grad_fine, (_coarse_gram(grad, coarse, ctx.stride) @ a if need_a else None), None
+        grad_fine, gram = block_up(grad, a, ctx.stride, gram_with=coarse if need_a else None)
+        return (grad_fine if need_fine else None), (None if gram is None else gram @ a), None
+
+
+class _BlockUp(torch.autograd.Function):
+    """:func:`block_up` with autograd (the mirror image of :class:`_BlockDown`)."""
+
+    @staticmethod
+    def forward(ctx, coarse, a, stride):
+        ctx.stride = stride
+        ctx.save_for_backward(coarse, a)
+        return block_up(coarse, a, stride)[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        coarse, a = ctx.saved_tensors
+        need_coarse, need_a = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():
+            grad_coarse = _BlockDown.apply(grad, a, ctx.stride) if need_coarse else None
+            return grad_coarse, (_gram(coarse, grad, ctx.stride) if need_a else None), None
+        grad_coarse, grad_a = block_down(grad, a, ctx.stride, gram_with=coarse if need_a else None)
+        return (grad_coarse if need_coarse else None), grad_a, None
+
+
+# --------------------------------------------------------------------------------------------
 # The layers users know: InvertibleDownsampling{1,2,3}D / InvertibleUpsampling{1,2,3}D
 # --------------------------------------------------------------------------------------------
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-_CONV_WEIGHT = {1: nn.grad.conv1d_weight, 2: nn.grad.conv2d_weight, 3: nn.grad.conv3d_weight}
-
 
 class _OrthogonalResampling(nn.Module):
-    """Shared machinery: ``low_channels`` orthogonal matrices reordered into a strided kernel."""
+    """Shared machinery: ``low_channels`` orthogonal matrices acting on the blocks of the fine side."""
 
     dim: int = 0
+    backward_in_place = True  # backward_by_inversion(..., in_place=True) is supported
 
     def __init__(
         self,
@@ -399,53 +679,71 @@ class _OrthogonalResampling(nn.Module):
         self._check(x, self.low_channels, "input", True)
         if offset is not None:
             x = roll_per_sample(x, offset, self.stride, sign=-1)
-        return _CONV[self.dim](x, self.kernel(x.dtype), stride=self.stride, groups=self.low_channels)
+        return _BlockDown.apply(x, self.orthogonal.matrix(x.dtype), self.stride)
 
     def _upsample(self, y: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check(y, self.high_channels, "input", False)
-        x = _CONV_T[self.dim](y, self.kernel(y.dtype), stride=self.stride, groups=self.low_channels)
+        x = _BlockUp.apply(y, self.orthogonal.matrix(y.dtype), self.stride)
         if offset is not None:
             x = roll_per_sample(x, offset, self.stride, sign=+1)
         return x
 
+    # -- in place (no autograd; the memory-efficient backprop runs the iUNet in one buffer) -----
+    # Each sample keeps its memory: the result is the input's memory seen with the output shape
+    # (``reinterpret``), so the input must have contiguous samples (e.g. a channel slice).
+
+    def _downsample_in_place(self, x: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check(x, self.low_channels, "input", True)
+        source = x if offset is None else roll_per_sample(x, offset, self.stride, sign=-1)
+        geo = _Blocks.of_fine(x, self.stride)
+        return block_down(source, self.orthogonal.matrix(x.dtype).detach(), self.stride,
+                          out=reinterpret(x, geo.coarse_shape))[0]
+
+    def _upsample_in_place(self, y: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check(y, self.high_channels, "input", False)
+        geo = _Blocks.of_coarse(y, self.stride)
+        a = self.orthogonal.matrix(y.dtype).detach()
+        x = block_up(y, a, self.stride, out=reinterpret(y, geo.fine_shape))[0]
+        return x if offset is None else x.copy_(roll_per_sample(x, offset, self.stride, sign=+1))
+
     # -- backward by inversion (memory-efficient backprop, equinet.models.memory_efficient) ---
     # The layer is linear and orthogonal: its input is reconstructed by the inverse map, the
-    # input gradient is the adjoint (= inverse) applied to the output gradient, and the kernel
-    # gradient is the usual convolution weight gradient, pulled back through the matrix
-    # parametrisation by autograd. One extra convolution compared with plain backprop.
+    # input gradient is the adjoint (= inverse) applied to the output gradient, and the matrix
+    # gradient is a per-channel gram of the two, pulled back through the parametrisation by
+    # autograd. One pass over the blocks does all three.
 
-    def _weight_grad(self, inp: torch.Tensor, grad_out: torch.Tensor, shape) -> torch.Tensor:
-        return _CONV_WEIGHT[self.dim](inp, shape, grad_out, stride=self.stride, groups=self.low_channels)
-
-    def _kernel_for_backward(self, dtype, params):
+    def _matrices_for_backward(self, dtype, params):
         with torch.enable_grad():
-            k = self.kernel(dtype) if params else self.kernel(dtype).detach()
-        return k, k.detach()
+            a = self.orthogonal.matrix(dtype)
+        return a, a.detach()
 
-    def _pull_back(self, k, grad_k, params):
+    def _pull_back(self, a, grad_a, params):
         if not params:
             return ()
-        return torch.autograd.grad(k, list(params), grad_k, allow_unused=True)
+        return torch.autograd.grad(a, list(params), grad_a, allow_unused=True)
 
-    def _downsample_backward(self, y, grad_y, params, offset=None):
-        """For ``y = down(x, offset)``: ``(x, grad_x, grad_params)`` without storing ``x``."""
-        k, kd = self._kernel_for_backward(y.dtype, params)
-        z = _CONV_T[self.dim](y, kd, stride=self.stride, groups=self.low_channels)
-        grad_z = _CONV_T[self.dim](grad_y, kd, stride=self.stride, groups=self.low_channels)
-        grads = self._pull_back(k, self._weight_grad(z, grad_y, kd.shape), params)
+    def _downsample_backward(self, y, grad_y, params, offset=None, in_place=False):
+        """For ``y = down(x, offset)``: ``(x, grad_x, grad_params)`` without storing ``x``
+        (``in_place``: in the memory of ``y`` and ``grad_y``, see :func:`reinterpret`)."""
+        a, ad = self._matrices_for_backward(y.dtype, params)
+        geo = _Blocks.of_coarse(y, self.stride)
+        out = (reinterpret(y, geo.fine_shape), reinterpret(grad_y, geo.fine_shape)) if in_place else None
+        z, grad_z, grad_a = invert_block_down(y, grad_y, ad, self.stride, bool(params), out)
         if offset is not None:
-            z, grad_z = roll_per_sample(z, offset, self.stride, sign=+1), roll_per_sample(grad_z, offset, self.stride, sign=+1)
-        return z, grad_z, grads
+            z_rolled = roll_per_sample(z, offset, self.stride, sign=+1)
+            g_rolled = roll_per_sample(grad_z, offset, self.stride, sign=+1)
+            z, grad_z = (z.copy_(z_rolled), grad_z.copy_(g_rolled)) if in_place else (z_rolled, g_rolled)
+        return z, grad_z, self._pull_back(a, grad_a, params)
 
-    def _upsample_backward(self, y, grad_y, params, offset=None):
+    def _upsample_backward(self, y, grad_y, params, offset=None, in_place=False):
         """For ``y = up(w, offset)``: ``(w, grad_w, grad_params)`` without storing ``w``."""
-        if offset is not None:
+        geo = _Blocks.of_fine(y, self.stride)
+        out = (reinterpret(y, geo.coarse_shape), reinterpret(grad_y, geo.coarse_shape)) if in_place else None
+        if offset is not None:  # (rolled copies: the in-place output no longer aliases the source)
             y, grad_y = roll_per_sample(y, offset, self.stride, sign=-1), roll_per_sample(grad_y, offset, self.stride, sign=-1)
-        k, kd = self._kernel_for_backward(y.dtype, params)
-        w = _CONV[self.dim](y, kd, stride=self.stride, groups=self.low_channels)
-        grad_w = _CONV[self.dim](grad_y, kd, stride=self.stride, groups=self.low_channels)
-        grads = self._pull_back(k, self._weight_grad(grad_y, w, kd.shape), params)
-        return w, grad_w, grads
+        a, ad = self._matrices_for_backward(y.dtype, params)
+        w, grad_w, grad_a = invert_block_up(y, grad_y, ad, self.stride, bool(params), out)
+        return w, grad_w, self._pull_back(a, grad_a, params)
 
     def _partner(self, cls):
         """A module of the opposite direction sharing this module's parameters."""
@@ -496,8 +794,16 @@ class InvertibleDownsampling(_OrthogonalResampling):
             return self._partner(_UPSAMPLING[self.dim])
         return self._upsample(y, offset)
 
-    def backward_by_inversion(self, y, grad_y, params, offset=None):
-        return self._downsample_backward(y, grad_y, params, offset)
+    def forward_in_place(self, x: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`forward` without autograd, in the memory of ``x``."""
+        return self._downsample_in_place(x, offset)
+
+    def inverse_in_place(self, y: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`inverse` without autograd, in the memory of ``y``."""
+        return self._upsample_in_place(y, offset)
+
+    def backward_by_inversion(self, y, grad_y, params, offset=None, in_place=False):
+        return self._downsample_backward(y, grad_y, params, offset, in_place)
 
 
 class InvertibleUpsampling(_OrthogonalResampling):
@@ -537,8 +843,16 @@ class InvertibleUpsampling(_OrthogonalResampling):
             return self._partner(_DOWNSAMPLING[self.dim])
         return self._downsample(x, offset)
 
-    def backward_by_inversion(self, y, grad_y, params, offset=None):
-        return self._upsample_backward(y, grad_y, params, offset)
+    def forward_in_place(self, y: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`forward` without autograd, in the memory of ``y``."""
+        return self._upsample_in_place(y, offset)
+
+    def inverse_in_place(self, x: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`inverse` without autograd, in the memory of ``x``."""
+        return self._downsample_in_place(x, offset)
+
+    def backward_by_inversion(self, y, grad_y, params, offset=None, in_place=False):
+        return self._upsample_backward(y, grad_y, params, offset, in_place)
 
 
 class InvertibleDownsampling1D(InvertibleDownsampling):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import string
 from fractions import Fraction
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from equinet.sampling.adaptive import (
     PhaseChoice,
@@ -26,6 +26,7 @@ from equinet.sampling.adaptive import (
     unit_roundoff,
     unravel_phase,
 )
+from equinet.sampling.layers import conv_function
 
 __all__ = [
     "polyphase_view", "polyphase_norms", "norm_rounding_bound", "exact_norms", "max_norm_choice",
@@ -177,7 +178,7 @@ def _neighbour_products(x: torch.Tensor, offset: Sequence[int]) -> torch.Tensor:
 
 
 def invertible_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0,
-                     other: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                     other: Sequence[torch.Tensor] = ()) -> Tuple[torch.Tensor, torch.Tensor]:
     """Grid choice of the exactly invertible adaptive iUNet: ``(index (B, d), decided (B,))``.
 
     The iUNet recomputes the choice in ``inverse`` from a *reconstructed* skip tensor, equal to
@@ -209,11 +210,10 @@ def invertible_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0,
     norms = polyphase_norms(x, stride, p).flatten(1)
     # E, cheaply: ||x||^2 from the norms (p = 2), ||other||^2 in one fused pass; doubled, so that
     # the fast path's margin is at least the exact one of step 2 whatever their rounding
-    own = norms.sum(dim=1) if p == 2 else torch.linalg.vecdot(x.flatten(1), x.flatten(1)).to(torch.float64)
-    energy = own
-    if other is not None:
-        o = other.detach().flatten(1)
-        energy = own + torch.linalg.vecdot(o, o).to(torch.float64)
+    other = [o.detach().flatten(1) for o in ([other] if isinstance(other, torch.Tensor) else other)]
+    energy = norms.sum(dim=1) if p == 2 else torch.linalg.vecdot(x.flatten(1), x.flatten(1)).to(torch.float64)
+    for o in other:
+        energy = energy + torch.linalg.vecdot(o, o).to(torch.float64)
     bound = norm_rounding_bound(norms, x, stride, p)
     top_norm = (norms + bound).amax(dim=1, keepdim=True)
     margin = 2 * bound + t * (top_norm * 2 * energy[:, None]).sqrt()
@@ -227,9 +227,8 @@ def invertible_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0,
     t2 = Fraction(t) ** 2
     a = exact_norms(sub, stride, p)
     e = exact_values(sub.flatten(1), lambda v: v * v)
-    if other is not None:
-        rest = exact_values(other.detach().index_select(0, unsure).flatten(1), lambda v: v * v)
-        e = [ei + ej for ei, ej in zip(e, rest)]
+    for o in other:
+        e = [ei + ej for ei, ej in zip(e, exact_values(o.index_select(0, unsure), lambda v: v * v))]
     limits, keep = [], []
     for b in range(len(unsure)):
         vals = a[b * K:(b + 1) * K]
@@ -309,35 +308,44 @@ def place_polyphase(y: torch.Tensor, index: torch.Tensor, stride: Sequence[int])
     return _PlacePolyphase.apply(y, index, tuple(stride))
 
 
-def _einsum_spec(d: int) -> Tuple[str, str]:
-    letters = iter(string.ascii_lowercase[2:])
-    n = [next(letters) for _ in range(d)]
-    s = [next(letters) for _ in range(d)]
-    x = "ab" + "".join(a + b for a, b in zip(n, s))
-    return x, "a" + "".join(s)
+def _per_sample_conv(x: torch.Tensor, kernels: torch.Tensor, stride: Sequence[int] = (1,)) -> torch.Tensor:
+    """Depthwise correlation of every channel of sample ``b`` with ``kernels[b]`` (``(B, *k)``): one
+    grouped convolution over the batch folded into the channels (no pass per phase)."""
+    B, C = x.shape[:2]
+    k = kernels.shape[1:]
+    weight = kernels.to(x.dtype).unsqueeze(1).expand(B, C, *k).reshape(B * C, 1, *k)
+    out = conv_function(len(k))(x.reshape(1, B * C, *x.shape[2:]), weight, stride=tuple(stride), groups=B * C)
+    return out.view(B, C, *out.shape[2:])
 
 
 def mix_polyphase(x: torch.Tensor, weights: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
     """Convex combination ``sum_k w_k x_k`` of the components (LPS training, Gumbel-softmax).
 
     ``weights`` has shape ``(B, s_1, ..., s_d)``; a one-hot ``weights`` gives ``select_polyphase``.
+    (A strided correlation of each sample with its weights: ``sum_k w_k x(s n + k)``.)
     """
-    d = len(stride)
-    xs, ws = _einsum_spec(d)
-    out = "ab" + "".join(xs[2 + 2 * i] for i in range(d))
-    return torch.einsum(f"{xs},{ws}->{out}", polyphase_view(x, stride), weights.to(x.dtype))
+    _check_divisible(x, stride)
+    return _per_sample_conv(x, weights, stride)
 
 
 def roll_per_sample(x: torch.Tensor, shifts: torch.Tensor, periods: Sequence[int], sign: int = 1) -> torch.Tensor:
     """Circularly shift each sample by its own offsets: ``out_b = T_{sign * shifts[b]} x_b``.
 
     ``shifts`` is ``(B, d)`` with ``0 <= shifts[:, i] < periods[i]`` (offsets are phases, so
-    ``periods`` is the stride); ``sign=-1`` undoes ``sign=+1``. Costs ``sum(periods) - d``
-    rolls over the last ``d`` dims; no loop over samples.
+    ``periods`` is the stride); ``sign=-1`` undoes ``sign=+1``. No loop over samples: on the CPU
+    the samples are grouped by their shift (at most ``prod(periods)`` groups) and each group is
+    moved in one pass of block copies; elsewhere ``sum(periods) - d`` masked rolls (no host sync).
     """
     d = len(periods)
     if shifts.shape != (x.shape[0], d):
         raise ValueError(f"shifts must have shape ({x.shape[0]}, {d}), got {tuple(shifts.shape)}")
+    if x.device.type == "cpu":
+        return _RollPerSample.apply(x, shifts, sign)
+    return _masked_rolls(x, shifts, periods, sign)
+
+
+def _masked_rolls(x: torch.Tensor, shifts: torch.Tensor, periods: Sequence[int], sign: int) -> torch.Tensor:
+    d = len(periods)
     view = (-1,) + (1,) * (x.dim() - 1)
     for i in range(d):
         dim = x.dim() - d + i
@@ -349,14 +357,47 @@ def roll_per_sample(x: torch.Tensor, shifts: torch.Tensor, periods: Sequence[int
     return x
 
 
+def _roll_into(out: torch.Tensor, x: torch.Tensor, shift: Sequence[int]) -> None:
+    """``out = torch.roll(x, shift, last len(shift) dims)`` as ``2^d`` block copies (one pass)."""
+    pieces = []
+    for n, s in zip(x.shape[x.dim() - len(shift):], shift):
+        s %= n
+        pieces.append([(slice(None), slice(None))] if s == 0 else
+                      [(slice(s, None), slice(0, n - s)), (slice(0, s), slice(n - s, None))])
+    for parts in itertools.product(*pieces):
+        out[(Ellipsis, *(p[0] for p in parts))].copy_(x[(Ellipsis, *(p[1] for p in parts))])
+
+
+class _RollPerSample(torch.autograd.Function):
+    """:func:`roll_per_sample` on the CPU; the backward rolls the gradient back."""
+
+    @staticmethod
+    def forward(ctx, x, shifts, sign):
+        ctx.save_for_backward(shifts)
+        ctx.sign = sign
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        values, group = torch.unique(shifts, dim=0, return_inverse=True)
+        if len(values) == 1:
+            _roll_into(out, x, [sign * v for v in values[0].tolist()])
+            return out
+        for g, value in enumerate(values.tolist()):
+            members = (group == g).nonzero().flatten()
+            part = x.index_select(0, members)
+            rolled = torch.empty_like(part)
+            _roll_into(rolled, part, [sign * v for v in value])
+            out.index_copy_(0, members, rolled)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (shifts,) = ctx.saved_tensors
+        return _RollPerSample.apply(grad, shifts, -ctx.sign), None, None
+
+
 def roll_mix(z: torch.Tensor, weights: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
-    """``sum_k w_k T_k z`` over all phases ``k``: the soft partner of :func:`roll_per_sample`."""
+    """``sum_k w_k T_k z`` over all phases ``k``: the soft partner of :func:`roll_per_sample`
+    (a circular correlation of each sample with its flipped weights)."""
     d = len(stride)
-    view = (-1,) + (1,) * (z.dim() - 1)
-    flat_w = weights.flatten(1).to(z.dtype)
-    out: Optional[torch.Tensor] = None
-    for j, k in enumerate(itertools.product(*(range(s) for s in stride))):
-        term = z.roll(k, dims=tuple(range(z.dim() - d, z.dim()))) if any(k) else z
-        term = term * flat_w[:, j].view(view)
-        out = term if out is None else out + term
-    return out
+    pad = [v for s in reversed(tuple(stride)) for v in (s - 1, 0)]
+    padded = F.pad(z, pad, mode="circular") if any(pad) else z
+    return _per_sample_conv(padded, weights.flip(tuple(range(1, d + 1))))

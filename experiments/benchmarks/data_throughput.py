@@ -126,7 +126,7 @@ def main() -> None:
     knee_size, ct_size, image_size, crop = (128, 128, 160, 128) if args.small else (320, 362, 375, 320)
     tmp = tempfile.TemporaryDirectory(prefix="equinet-bench-") if args.data_dir is None else None
     root = Path(args.data_dir or tmp.name)
-    common = dict(batch_size=args.batch_size, num_workers=args.workers, data_dir=str(root))
+    common = dict(batch_size=args.batch_size, num_workers=args.workers, data_dir=str(root), synthetic=True)
     print(
         f"torch threads={torch.get_num_threads()}, workers={args.workers}, batch={args.batch_size}, data in {root}"
     )

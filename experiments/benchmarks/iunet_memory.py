@@ -1,63 +1,80 @@
-"""Peak memory and time of one iUNet training step: memory-efficient vs plain backprop.
+"""Peak memory and time of one iUNet training step: memory-efficient vs plain backprop, vs the anchors.
 
-For an iUNet with ``d`` = 2, 4, 8 invertible blocks per level and side, one training step
-(forward, loss, backward, SGD update) is run with memory-efficient backprop (activations
-reconstructed by inversion) and with plain backprop (``disable_custom_gradient=True``).
+The setting of issue 12: channels (16, 32, 64, 128), input (2, 16, 128, 128), 2 convolutions per
+coupling block (``block_depth=2``), zero-init off, 2 / 4 / 8 blocks per level and side. One
+training step = forward, MSE loss, backward, SGD update.
 
-How memory is measured (device-agnostic, and real on CPU):
+Memory: every configuration in a fresh process (``--one``), one warm-up step, then the peak
+tensor memory of one step (CPU: profiler allocator total; CUDA: ``max_memory_allocated``; see
+``_timing``). The parameter gradients are allocated during the step and are part of the peak.
+Time: memory-efficient and plain steps alternate in one process (A B A B), median [min, max] of
+the per-pair ratios (thread CPU time with one thread; CUDA events on a GPU).
 
-* CUDA: ``torch.cuda.max_memory_allocated()`` during the step minus the memory allocated
-  before it (the caching allocator's true high-water mark of tensor memory).
-* CPU: the PyTorch profiler with ``profile_memory=True`` records every allocation and free of
-  the CPU allocator together with the running total of allocated bytes; the peak of that total
-  during the step, relative to its start, is the step's peak tensor memory. (CPU has no
-  ``max_memory_allocated``; process RSS would mix in allocator and library noise.)
-* In addition, on any device: the bytes autograd saves for the backward pass, counted with
-  ``torch.autograd.graph.saved_tensors_hooks`` (unique storages) -- the quantity that
-  memory-efficient backprop removes.
+Anchors (the public implementations, iunets 0.1 + memcnn 1.5.2): the issue's figures by default.
+``--anchors`` measures them in the same way instead when the ``iunets`` package is importable
+(e.g. ``pip install --target /tmp/anchors iunets memcnn`` and ``PYTHONPATH=/tmp/anchors``); equinet
+does not depend on them.
 
-Time: the two modes alternate step by step in one run (after a warm-up); the ratio of their
-median step times is reported. On CPU the default is one torch thread and the step's CPU
-time (``time.thread_time``), which other processes on a shared machine barely disturb; the
-wall-clock ratio is printed too. All figures are ratios from one run. Targets (iUNet
-issue): memory-efficient peak grows <= 1.15x from d=2 to d=8 while plain grows roughly
-linearly; time overhead <= 1.5x.
-
-    python experiments/benchmarks/iunet_memory.py            # ~1-2 minutes on 2 CPU cores
-    python experiments/benchmarks/iunet_memory.py --size 256 --batch 2 --repeats 9 --threads 2
+    python experiments/benchmarks/iunet_memory.py [--check] [--device cuda] [--anchors]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
-import time
+import warnings
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Dict, List
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _timing import Target, clock_name, fmt_range, paired_ratios, peak_bytes, print_targets  # noqa: E402
 
 from equinet.models.iunet import iUNet  # noqa: E402
 
+MIB = 2.0**20
+# issue 12's table: iunets + memcnn (memory-efficient) and iunets plain, peak MiB at 2 / 4 / 8 blocks
+ISSUE_ANCHORS = {"memcnn": {2: 20.5, 4: 20.5, 8: 23.1}, "iunets plain": {2: 58.0, 4: 96.0, 8: 171.0}}
+TARGETS = {"me_vs_memcnn": 0.8, "me_growth": 1.05, "plain_vs_iunets": 1.0, "time": 1.30}
 
-def build(depth: int, plain: bool, args) -> iUNet:
+
+def build(impl: str, depth: int, plain: bool, args) -> torch.nn.Module:
     torch.manual_seed(0)
-    levels = args.levels
-    return iUNet(
-        channels=tuple(args.channels * 2**i for i in range(levels)),
-        architecture=(depth,) * levels,
-        dim=2,
-        module_kwargs={"zero_init": False},
-        disable_custom_gradient=plain,
-        verbose=0,
-    ).to(args.device)
+    channels = tuple(args.channels * 2**i for i in range(args.levels))
+    if impl == "iunets":  # the public library (optional; only with --anchors)
+        import iunets
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = iunets.iUNet(
+                channels[0],
+                (depth,) * args.levels,
+                dim=2,
+                module_kwargs={"block_depth": 2},
+                disable_custom_gradient=plain,
+                verbose=0,
+            )
+    else:
+        net = iUNet(
+            channels,
+            (depth,) * args.levels,
+            dim=2,
+            module_kwargs={"block_depth": 2, "zero_init": False},
+            disable_custom_gradient=plain,
+            verbose=0,
+        )
+    return net.to(args.device)
 
 
 def training_step(
-    model: iUNet, x: torch.Tensor, target: torch.Tensor, lr: float = 1e-3, zero_grad: bool = True
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, lr: float = 1e-3, zero_grad: bool = True
 ) -> None:
     if zero_grad:
         model.zero_grad(set_to_none=True)
@@ -69,133 +86,184 @@ def training_step(
                 p.add_(p.grad, alpha=-lr)
 
 
-def _walk(nodes):
-    for n in nodes:
-        yield n
-        yield from _walk(n.children)
+def inputs(args):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, args.channels, args.size, args.size, generator=g).to(args.device)
+    return x, torch.randn(x.shape, generator=g).to(args.device)
 
 
-def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    """Peak tensor memory allocated while ``fn`` runs, relative to before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    totals = [
-        e.extra_fields.total_allocated
-        for e in _walk(prof.profiler.kineto_results.experimental_event_tree())
-        if e.tag == _EventType.Allocation and str(e.extra_fields.device) == "cpu"
-    ]
-    return max([0] + totals)
-
-
-def saved_bytes(fn: Callable[[], None]) -> int:
-    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs."""
-    storages: Dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
-
-
-def forward_only(model: iUNet, x: torch.Tensor) -> Callable[[], None]:
-    def run():
-        model(x).square().mean()
-
-    return run
-
-
-def measure(args) -> Dict[Tuple[int, str], Dict[str, float]]:
+def measure_one(impl: str, mode: str, depth: int, args) -> Dict[str, float]:
+    """Peak of one training step (after a warm-up step) in this process."""
     device = torch.device(args.device)
-    x = torch.randn(args.batch, args.channels, args.size, args.size, device=device)
-    target = torch.randn_like(x)
-    results: Dict[Tuple[int, str], Dict[str, float]] = {}
-    for depth in args.depths:
-        models = {mode: build(depth, mode == "plain", args) for mode in ("memory-efficient", "plain")}
-        for mode, model in models.items():
-            training_step(model, x, target)  # warm-up (lazy initialisation)
-            # free the old gradients before measuring: the CPU profiler cannot see frees of
-            # blocks allocated before it started, which would count them twice
-            model.zero_grad(set_to_none=True)
-            results[(depth, mode)] = {
-                "peak": peak_bytes(lambda: training_step(model, x, target, zero_grad=False), device),
-                "saved": saved_bytes(forward_only(model, x)),
-                "times": [],
-                "cpu_times": [],
-            }
-        for _ in range(args.repeats):  # alternate the modes so load changes hit both
-            for mode, model in models.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0, c0 = time.perf_counter(), time.thread_time()
-                training_step(model, x, target)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                results[(depth, mode)]["times"].append(time.perf_counter() - t0)
-                results[(depth, mode)]["cpu_times"].append(time.thread_time() - c0)
-        for mode in models:
-            res = results[(depth, mode)]
-            res["wall"] = statistics.median(res["times"])
-            # one CPU thread: thread CPU time is robust to other load; otherwise wall clock
-            cpu_timing = device.type == "cpu" and torch.get_num_threads() == 1
-            res["time"] = statistics.median(res["cpu_times"]) if cpu_timing else res["wall"]
-        print(f"  measured depth {depth}", file=sys.stderr, flush=True)
-    return results
+    model = build(impl, depth, mode == "plain", args)
+    x, target = inputs(args)
+    training_step(model, x, target)
+    model.zero_grad(set_to_none=True)  # (the CPU profiler would count frees of old gradients)
+    peak = peak_bytes(lambda: training_step(model, x, target, zero_grad=False), device)
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return {"peak": peak, "grads": grads}
+
+
+def measure_fresh(impl: str, mode: str, depth: int, args) -> Dict[str, float]:
+    """:func:`measure_one` in a fresh process (nothing cached from other configurations)."""
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--one",
+        impl,
+        mode,
+        str(depth),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--channels",
+        str(args.channels),
+        "--levels",
+        str(args.levels),
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def time_ratios(depth: int, args) -> List[float]:
+    device = torch.device(args.device)
+    models = {mode: build("equinet", depth, mode == "plain", args) for mode in ("memory-efficient", "plain")}
+    x, target = inputs(args)
+    steps = {mode: (lambda m=m: training_step(m, x, target)) for mode, m in models.items()}
+    return paired_ratios(steps, "plain", device, repeats=args.repeats, warmup=2)["memory-efficient"]
 
 
 def main(argv=None) -> Dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8], help="blocks per level and side")
-    parser.add_argument("--channels", type=int, default=8, help="channels at the finest level")
+    parser.add_argument("--channels", type=int, default=16, help="channels at the finest level")
     parser.add_argument("--levels", type=int, default=4)
     parser.add_argument("--size", type=int, default=128, help="image height = width")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=15, help="timed steps per mode and depth")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9, help="timed step pairs per depth")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--anchors", action="store_true", help="measure iunets + memcnn instead of the issue's figures"
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--one", nargs=3, metavar=("IMPL", "MODE", "DEPTH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.one:
+        impl, mode, depth = args.one
+        print(json.dumps(measure_one(impl, mode, int(depth), args)))
+        return {}
+
+    device = torch.device(args.device)
     print(
-        f"iUNet training step, 2D, {args.levels} levels, channels {args.channels}.., input "
-        f"{args.batch}x{args.channels}x{args.size}x{args.size}, device {args.device}",
-        file=sys.stderr,
+        f"iUNet training step, 2D, channels {tuple(args.channels * 2**i for i in range(args.levels))}, "
+        f"input ({args.batch}, {args.channels}, {args.size}, {args.size}), 2 convs per block, "
+        f"device {args.device}, "
+        f"threads {torch.get_num_threads()}, time: {clock_name(device)}",
+        flush=True,
     )
-    r = measure(args)
-    d0, d1 = args.depths[0], args.depths[-1]
-    mib = 2.0**20
-    print(f"\n{'blocks/level':>12} | {'peak ME MiB':>11} | {'peak plain MiB':>14} | {'ME/plain':>8} | "
-          f"{'saved ME MiB':>12} | {'saved plain MiB':>15} | {'time ME/plain':>13} | {'wall ME/plain':>13}")
-    print("-" * 120)
-    for d in args.depths:
-        me, pl = r[(d, "memory-efficient")], r[(d, "plain")]
-        print(f"{d:>12} | {me['peak'] / mib:>11.2f} | {pl['peak'] / mib:>14.2f} | {me['peak'] / pl['peak']:>8.3f} | "
-              f"{me['saved'] / mib:>12.2f} | {pl['saved'] / mib:>15.2f} | {me['time'] / pl['time']:>13.3f} | "
-              f"{me['wall'] / pl['wall']:>13.3f}")
-    summary = {
-        "me_peak_growth": r[(d1, "memory-efficient")]["peak"] / r[(d0, "memory-efficient")]["peak"],
-        "plain_peak_growth": r[(d1, "plain")]["peak"] / r[(d0, "plain")]["peak"],
-        "time_overhead": max(r[(d, "memory-efficient")]["time"] / r[(d, "plain")]["time"] for d in args.depths),
+    memory = {
+        (impl, mode, d): measure_fresh(impl, mode, d, args)
+        for d in args.depths
+        for impl, mode in (("equinet", "memory-efficient"), ("equinet", "plain"))
     }
+    if args.anchors:
+        for d in args.depths:
+            memory[("iunets", "memory-efficient", d)] = measure_fresh("iunets", "memory-efficient", d, args)
+            memory[("iunets", "plain", d)] = measure_fresh("iunets", "plain", d, args)
+        anchors = {
+            "memcnn": {d: memory[("iunets", "memory-efficient", d)]["peak"] / MIB for d in args.depths},
+            "iunets plain": {d: memory[("iunets", "plain", d)]["peak"] / MIB for d in args.depths},
+        }
+        source = "measured here"
+    else:
+        anchors, source = ISSUE_ANCHORS, "issue 12's figures"
+    times = {d: time_ratios(d, args) for d in args.depths}
+
     print(
-        f"\npeak growth from {d0} to {d1} blocks/level: memory-efficient {summary['me_peak_growth']:.3f}x "
-        f"(target <= 1.15x), plain {summary['plain_peak_growth']:.3f}x (depth ratio {d1 / d0:.1f}x)"
+        "\n| blocks/level | memory-efficient MiB | plain MiB | memcnn MiB | iunets plain MiB | "
+        "param grads MiB | time ME/plain |"
     )
-    print(f"time overhead memory-efficient vs plain: worst {summary['time_overhead']:.3f}x (target <= 1.5x)")
-    return summary
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for d in args.depths:
+        me, pl = memory[("equinet", "memory-efficient", d)], memory[("equinet", "plain", d)]
+        print(
+            f"| {d} | {me['peak'] / MIB:.2f} | {pl['peak'] / MIB:.2f} | "
+            f"{anchors['memcnn'].get(d, float('nan')):.2f} | "
+            f"{anchors['iunets plain'].get(d, float('nan')):.2f} | "
+            f"{me['grads'] / MIB:.2f} | {fmt_range(times[d])} |"
+        )
+
+    d0, d1 = args.depths[0], args.depths[-1]
+    me0, me1 = memory[("equinet", "memory-efficient", d0)], memory[("equinet", "memory-efficient", d1)]
+    growth = me1["peak"] / me0["peak"]
+    growth_activations = (me1["peak"] - me1["grads"]) / (me0["peak"] - me0["grads"])
+    targets = []
+    for d in args.depths:
+        if d in anchors["memcnn"]:
+            targets.append(
+                Target(
+                    f"memory-efficient peak, {d} blocks / memcnn",
+                    [memory[("equinet", "memory-efficient", d)]["peak"] / MIB / anchors["memcnn"][d]],
+                    TARGETS["me_vs_memcnn"],
+                    f"{anchors['memcnn'][d]:.1f} MiB",
+                )
+            )
+    memcnn_growth = anchors["memcnn"].get(d1, float("nan")) / anchors["memcnn"].get(d0, float("nan"))
+    targets.append(
+        Target(
+            f"memory-efficient peak growth {d0} -> {d1} blocks",
+            [growth],
+            TARGETS["me_growth"],
+            f"memcnn {memcnn_growth:.2f}x",
+            f"(without the parameter gradients, {(me1['grads'] - me0['grads']) / MIB:.1f} MiB more at "
+            f"{d1} blocks: {growth_activations:.3f}x)",
+        )
+    )
+    for d in args.depths:
+        if d in anchors["iunets plain"]:
+            targets.append(
+                Target(
+                    f"plain peak, {d} blocks / iunets plain",
+                    [memory[("equinet", "plain", d)]["peak"] / MIB / anchors["iunets plain"][d]],
+                    TARGETS["plain_vs_iunets"],
+                    f"{anchors['iunets plain'][d]:.0f} MiB",
+                )
+            )
+    for d in args.depths:
+        targets.append(
+            Target(
+                f"memory-efficient / plain step time, {d} blocks",
+                times[d],
+                TARGETS["time"],
+                "memcnn 1.69-1.90x",
+            )
+        )
+    print_targets(f"Targets (anchors: {source})", targets, args.check)
+    return {
+        "me_peak_growth": growth,
+        "me_activation_growth": growth_activations,
+        "plain_peak_growth": memory[("equinet", "plain", d1)]["peak"]
+        / memory[("equinet", "plain", d0)]["peak"],
+        "time_overhead": max(statistics.median(times[d]) for d in args.depths),
+        "me_vs_memcnn": {
+            d: memory[("equinet", "memory-efficient", d)]["peak"] / MIB / anchors["memcnn"][d]
+            for d in args.depths
+            if d in anchors["memcnn"]
+        },
+        "plain_vs_iunets": {
+            d: memory[("equinet", "plain", d)]["peak"] / MIB / anchors["iunets plain"][d]
+            for d in args.depths
+            if d in anchors["iunets plain"]
+        },
+    }
 
 
 if __name__ == "__main__":

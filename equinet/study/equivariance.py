@@ -1,6 +1,6 @@
-"""Comparisons across sampling strategies (the demo now; the full paper-table study builds on it).
+"""``equinet equivariance``: shift equivariance of randomly initialised U-Nets, per strategy.
 
-``equinet equivariance`` measures, for randomly initialised circularly padded U-Nets of every
+It measures, for randomly initialised circularly padded U-Nets of every
 strategy, the shift-equivariance metrics of the APS-U paper on natural images bundled with
 scikit-image (no download): NMSE/SSIM between ``T_k(G(x))`` and ``G(T_k(x))`` for random shifts
 ``k`` in [-16, 16]^2 and the worst |dPSNR| over those shifts (target: the clean image).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,32 +18,7 @@ import torch
 from equinet.files import atomic_write_text
 from equinet.metrics import measure_equivariance, random_shifts, worst_case_dpsnr
 from equinet.models import UNet
-from equinet.sampling import list_strategies
-
-# Display name -> (registry name, options): the variants the papers compare.
-VARIANTS: Dict[str, Tuple[str, dict]] = {
-    "maxpool": ("maxpool", {}),
-    "maxpool+bilinear": ("maxpool", {"up": "bilinear"}),
-    "maxpool+unpool": ("maxpool", {"up": "unpool"}),
-    "avgpool": ("avgpool", {}),
-    "strided_conv": ("strided_conv", {}),
-    "LPF-2": ("blur", {"filter_size": 2}),
-    "LPF-3": ("blur", {"filter_size": 3}),
-    "LPF-5": ("blur", {"filter_size": 5}),
-    "APS": ("aps", {"filter_size": 1}),
-    "APS-2": ("aps", {"filter_size": 2}),
-    "APS-3": ("aps", {"filter_size": 3}),
-    "APS-5": ("aps", {"filter_size": 5}),
-    "LPS": ("lps", {}),
-    "orthogonal": ("orthogonal", {}),
-    "orthogonal-adaptive": ("orthogonal", {"adaptive": True}),
-}
-
-
-def available_variants() -> List[str]:
-    """Variants whose strategy is registered (all of them once every strategy module ships)."""
-    registered = set(list_strategies())
-    return [name for name, (strategy, _) in VARIANTS.items() if strategy in registered]
+from equinet.study.variants import VARIANTS, available_variants
 
 
 def natural_images(size: int = 128, names: Sequence[str] = ("camera", "moon", "brick", "grass")) -> torch.Tensor:

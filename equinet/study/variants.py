@@ -1,0 +1,196 @@
+"""The variants a study compares: named overrides of one run config.
+
+``VARIANTS`` is the strategy table (display name -> sampling strategy and its options) that the
+random-init table and the benchmarks use. A *study variant* is a set of dotted-key overrides of
+the study's run config (an ordinary ``equinet fit`` config, whose network is the baseline's),
+e.g. ``{"model.network.init_args.sampling": "aps"}``. ``STUDY_VARIANTS`` holds the APS-U
+paper's rows (``baseline``, ``baseline+DA``, ``LPF-j``, ``APS``, ``APS-j``) plus equinet's
+(``LPS``, ``orthogonal``, ``orthogonal-adaptive``, ``iUNet``, ...); a study config may define
+more under ``define:`` with the same kind of overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from equinet.sampling import list_strategies
+
+# Display name -> (registry name, options): the U-Net down/upsampling variants the papers compare.
+VARIANTS: Dict[str, Tuple[str, dict]] = {
+    "maxpool": ("maxpool", {}),
+    "maxpool+bilinear": ("maxpool", {"up": "bilinear"}),
+    "maxpool+nearest": ("maxpool", {"up": "nearest"}),
+    "maxpool+unpool": ("maxpool", {"up": "unpool"}),
+    "avgpool": ("avgpool", {}),
+    "strided_conv": ("strided_conv", {}),
+    "LPF-2": ("blur", {"filter_size": 2}),
+    "LPF-3": ("blur", {"filter_size": 3}),
+    "LPF-5": ("blur", {"filter_size": 5}),
+    "APS": ("aps", {"filter_size": 1}),
+    "APS-2": ("aps", {"filter_size": 2}),
+    "APS-3": ("aps", {"filter_size": 3}),
+    "APS-5": ("aps", {"filter_size": 5}),
+    "LPS": ("lps", {}),
+    "orthogonal": ("orthogonal", {}),
+    "orthogonal-adaptive": ("orthogonal", {"adaptive": True}),
+}
+
+
+def available_variants() -> List[str]:
+    """Variants whose strategy is registered (all of them once every strategy module ships)."""
+    registered = set(list_strategies())
+    return [name for name, (strategy, _) in VARIANTS.items() if strategy in registered]
+
+
+Overrides = Dict[str, Any]
+
+NETWORK = "model.network"
+UNET = "equinet.models.UNet"
+LIFTED_IUNET = "equinet.models.LiftediUNet"
+DA_SHIFT = 16  # the APS-U paper's random shifts in [-16, 16]
+
+
+def unet_overrides(variant: str) -> Overrides:
+    """Overrides that make the run config's U-Net use the strategy of ``VARIANTS[variant]``."""
+    strategy, options = VARIANTS[variant]
+    return {
+        f"{NETWORK}.class_path": UNET,
+        f"{NETWORK}.init_args.sampling": strategy,
+        f"{NETWORK}.init_args.sampling_kwargs": dict(options) or None,
+    }
+
+
+def _builtin() -> Dict[str, Overrides]:
+    table: Dict[str, Overrides] = {
+        "baseline": unet_overrides("maxpool"),
+        "baseline+DA": {**unet_overrides("maxpool"), "model.shift_augmentation": DA_SHIFT},
+    }
+    table.update({name: unet_overrides(name) for name in VARIANTS if name != "maxpool"})
+    iunet = {
+        f"{NETWORK}.class_path": LIFTED_IUNET,
+        f"{NETWORK}.init_args.architecture": 2,
+        f"{NETWORK}.init_args.verbose": 0,
+    }
+    table["iUNet"] = {**iunet, f"{NETWORK}.init_args.adaptive_resampling": False}
+    table["iUNet-adaptive"] = {**iunet, f"{NETWORK}.init_args.adaptive_resampling": True}
+    return table
+
+
+# Study variant -> overrides of the run config. ``baseline`` is the APS-U paper's U-Net (max-pool
+# down, transposed convolution up); every other row changes only what its name says.
+STUDY_VARIANTS: Dict[str, Overrides] = _builtin()
+
+VARIANT_DESCRIPTIONS: Dict[str, str] = {
+    "baseline": "max-pool down, transposed conv up",
+    "baseline+DA": f"baseline trained with random circular shifts in [-{DA_SHIFT}, {DA_SHIFT}]^2",
+    "maxpool+bilinear": "max-pool down, bilinear resize + 1x1 conv up",
+    "maxpool+nearest": "max-pool down, nearest resize + 1x1 conv up",
+    "maxpool+unpool": "max-pool down, max-unpooling up",
+    "avgpool": "average-pool down, transposed conv up",
+    "strided_conv": "strided conv down, transposed conv up",
+    "APS": "adaptive polyphase down/up (APS-D/APS-U)",
+    "LPS": "learnable polyphase down/up",
+    "orthogonal": "learnable orthogonal (invertible) down/up",
+    "orthogonal-adaptive": "orthogonal down/up on an adaptively chosen grid",
+    "iUNet": "fully invertible U-Net (orthogonal resampling)",
+    "iUNet-adaptive": "fully invertible U-Net, adaptive grid",
+    **{f"LPF-{j}": f"max-pool + {j}x{j} blur down, transposed conv + blur up" for j in (2, 3, 5)},
+    **{f"APS-{j}": f"APS with {j}x{j} blur" for j in (2, 3, 5)},
+}
+
+INPUT = "input"  # the reference row: the network input itself scored against the target
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
+
+
+def known_variants(define: Optional[Mapping[str, Overrides]] = None) -> Dict[str, Overrides]:
+    """Built-in variants plus a study's ``define:`` (which may also redefine a built-in)."""
+    table = dict(STUDY_VARIANTS)
+    for name, overrides in (define or {}).items():
+        if not isinstance(name, str) or not VARIANT_NAME.match(name) or name == INPUT:
+            raise ValueError(
+                f"variant name {name!r} is not usable as a folder name (letters, digits, +._-; "
+                f"not {INPUT!r}, which is the reference row)"
+            )
+        if not isinstance(overrides, Mapping):
+            raise ValueError(
+                f"define.{name} must map config keys to values, e.g. "
+                f"{{'model.network.init_args.sampling': 'aps'}}; got {overrides!r}"
+            )
+        table[name] = dict(overrides)
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# dotted overrides on nested config dicts
+# --------------------------------------------------------------------------------------------
+def get_dotted(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:
+    """``config[a][b][c] = value`` for ``key = "a.b.c"`` (creating the dicts on the way)."""
+    parts = key.split(".")
+    node = config
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _class_parameters(class_path: str) -> Optional[set]:
+    """Constructor parameter names of ``class_path`` (``None`` if it takes ``**kwargs``)."""
+    from equinet.study.plan import resolve_class
+
+    cls = resolve_class(class_path)
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n for n in params if n != "self"}
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """A copy of ``config`` with dotted-key ``overrides`` applied.
+
+    A variant that changes the network class (``model.network.class_path``) keeps the base
+    network's arguments the new class also takes (``in_channels``, ``channels``, ``depth``,
+    ``padding_mode``, ...), so e.g. the iUNet row has the U-Net's width and depth.
+    """
+    out = copy.deepcopy(dict(config))
+    new_class = overrides.get(f"{NETWORK}.class_path")
+    if new_class is not None and new_class != get_dotted(out, f"{NETWORK}.class_path"):
+        accepted = _class_parameters(new_class)
+        args = get_dotted(out, f"{NETWORK}.init_args") or {}
+        kept = {k: v for k, v in args.items() if accepted is None or k in accepted}
+        set_dotted(out, NETWORK, {"class_path": new_class, "init_args": kept})
+    for key, value in overrides.items():
+        if key == f"{NETWORK}.class_path":
+            continue
+        if value is None and key.endswith("sampling_kwargs"):
+            parent, _, leaf = key.rpartition(".")
+            node = get_dotted(out, parent)
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+            continue
+        set_dotted(out, key, value)
+    return out
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"a.b.c": value}`` for every leaf of a nested dict (lists are leaves)."""
+    flat: Dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat

@@ -1,0 +1,75 @@
+"""Must show 1 (issue 8): the demo study (`make demo`) trains every variant and shows the APS-U
+paper's picture -- the slow test runs it end to end exactly as shipped and asserts the numbers."""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+
+import pytest
+import torch
+from test_lightning_fixtures import REPO
+
+from equinet.study.cli import run_study
+
+EXACT = ("APS", "LPS", "orthogonal-adaptive")
+
+
+def test_make_demo_runs_the_demo_study():
+    recipe = re.search(r"^demo:.*\n\t(.+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert "-m equinet study --config experiments/study/demo.yaml" in recipe
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers.*",
+    "ignore:.*smaller than the logging interval.*",
+    "ignore:.*no last checkpoint available.*",
+    'ignore:.*ckpt_path="last".*',
+    "ignore:.*max_unpooling2d_forward_out does not have a deterministic.*",
+)
+def test_demo_study_shows_the_papers_picture(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EQUINET_DATA_DIR", str(tmp_path / "data"))  # generated afresh, as on a new clone
+    threads = torch.get_num_threads()
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        folder = run_study(
+            ["--config", str(REPO / "experiments" / "study" / "demo.yaml"), "--dir", str(tmp_path / "demo")]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    with open(folder / "results.csv") as f:
+        rows = {
+            r["variant"]: {
+                k: (float(v) if v not in ("", None) and k not in ("variant", "strategy") else v)
+                for k, v in r.items()
+            }
+            for r in csv.DictReader(f)
+        }
+    with capsys.disabled():
+        print(f"\ndemo study: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU of this process")
+        print((folder / "results.md").read_text().split("## Worst")[0])
+    required = {"input", "baseline", "baseline+DA", "APS", "LPS", "orthogonal-adaptive", "iUNet"}
+    assert required <= set(rows) and any(v.startswith("LPF-") for v in rows)
+    for name in (
+        "results.csv",
+        "results.md",
+        "figures/equivariance.png",
+        "figures/psnr_vs_equivariance.png",
+        "figures/shift_example.png",
+        "figures/upsampling_modes.png",
+    ):
+        assert (folder / name).is_file(), name
+    for v in EXACT:  # exactly shift-equivariant, in and out of distribution, and in the worst case
+        assert rows[v]["eq_nmse"] <= 1e-12 and rows[v]["eq_nmse_ood"] <= 1e-12, v
+        assert rows[v]["worst_dpsnr"] <= 1e-4, v
+    base = rows["baseline"]
+    assert base["eq_nmse"] >= 1e-6  # trained: far from the ~1e-7 of a random-init maxpool U-Net
+    for lpf in [v for v in rows if v.startswith("LPF-")]:  # anti-aliasing helps, but is not exact
+        assert rows["APS"]["eq_nmse"] < rows[lpf]["eq_nmse"] < base["eq_nmse"], lpf
+    assert abs(rows["APS"]["psnr"] - base["psnr"]) <= 1.0
+    for v, row in rows.items():  # every network learned something
+        if v != "input":
+            assert row["psnr"] >= rows["input"]["psnr"] + 1.0, v
