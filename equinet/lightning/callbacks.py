@@ -32,7 +32,7 @@ from equinet.lightning.evaluation import (
     volume_metrics,
     volume_shift,
 )
-from equinet.metrics.equivariance import _dpsnr
+from equinet.metrics import dpsnr_from_sse
 
 
 def _batch(batch: Any) -> ReconSample:
@@ -111,7 +111,7 @@ class EquivarianceEvaluation(Callback):
                 err = (out_j - circular_shift_per_sample(y, kj)).to(torch.float64)
                 sse.append((err**2).flatten(1).sum(dim=1) * scale)
             sse = torch.stack(sse, dim=1)  # (B, n)
-            worst = _dpsnr(base[:, None], sse).amax(dim=1)
+            worst = dpsnr_from_sse(base[:, None], sse).amax(dim=1)
             for r, w, b0, s_j in zip(records, worst.cpu().tolist(), base.cpu().tolist(), sse.cpu().tolist()):
                 r.update(worst_dpsnr_image=w, dpsnr_base_sse=b0, dpsnr_sse=s_j)
         self._records.extend(records)

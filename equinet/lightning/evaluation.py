@@ -22,8 +22,7 @@ import torch
 import torch.distributed as dist
 
 from equinet.files import atomic_write_text
-from equinet.metrics import random_shifts, ssim
-from equinet.metrics.equivariance import _dpsnr
+from equinet.metrics import dpsnr_from_sse, random_shifts, ssim
 from equinet.sampling.adaptive import circular_shift_per_sample  # noqa: F401  (re-exported: T_k per sample)
 
 Record = Dict[str, Any]
@@ -162,7 +161,8 @@ def volume_metrics(records: List[Record]) -> List[Record]:
             row["worst_dpsnr_image"] = float(max(r["worst_dpsnr_image"] for r in rs))
             base = math.fsum(r["dpsnr_base_sse"] for r in rs)
             shifted = [math.fsum(r["dpsnr_sse"][j] for r in rs) for j in range(len(rs[0]["dpsnr_sse"]))]
-            row["worst_dpsnr_volume"] = float(_dpsnr(torch.tensor([base]), torch.tensor(shifted)).max())
+            worst = dpsnr_from_sse(torch.tensor([base]), torch.tensor(shifted)).amax()
+            row["worst_dpsnr_volume"] = float(worst)
         rows.append(row)
     return rows
 

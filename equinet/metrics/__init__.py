@@ -2,6 +2,7 @@
 
 from equinet.metrics.equivariance import (
     circular_shift,
+    dpsnr_from_sse,
     equivariance_errors,
     measure_equivariance,
     random_shifts,
@@ -16,6 +17,7 @@ __all__ = [
     "psnr",
     "ssim",
     "circular_shift",
+    "dpsnr_from_sse",
     "random_shifts",
     "equivariance_errors",
     "measure_equivariance",

@@ -82,7 +82,7 @@ def measure_equivariance(
     return {key: np.array([r[key] for r in rows]) for key in ("nmse", "ssim")}
 
 
-def _dpsnr(base_sse, shifted_sse):
+def dpsnr_from_sse(base_sse, shifted_sse):
     """``|10 log10(base / shifted)|``: |dPSNR| from two squared errors against the same target (the
     data range cancels); 0 where both are 0, inf where only one is."""
     base = torch.as_tensor(base_sse, dtype=torch.float64)
@@ -109,7 +109,7 @@ def worst_dpsnr_image(
     for k in shifts:
         k = k.tolist()
         shifted = _sse_per_image(circular_shift(target, k), model(circular_shift(x, k)))
-        worst = torch.maximum(worst, _dpsnr(base, shifted))
+        worst = torch.maximum(worst, dpsnr_from_sse(base, shifted))
     return worst.cpu().numpy()
 
 
@@ -128,7 +128,7 @@ def worst_dpsnr_volume(
     for k in shifts:
         k = k.tolist()
         shifted = _sse_per_image(circular_shift(target, k), model(circular_shift(x, k))).sum()
-        worst = torch.maximum(worst, _dpsnr(base, shifted))
+        worst = torch.maximum(worst, dpsnr_from_sse(base, shifted))
     return float(worst)
 
 
