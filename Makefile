@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) experiments/benchmarks/aps_speed.py
 	$(PY) experiments/benchmarks/orthogonal_speed.py
 	$(PY) experiments/benchmarks/unet_step.py
+	$(PY) experiments/benchmarks/tie_overhead.py
 	$(PY) experiments/benchmarks/iunet_memory.py
 	$(PY) experiments/benchmarks/data_throughput.py
 

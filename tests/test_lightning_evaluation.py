@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from equinet.lightning import EquivarianceEvaluation, ReconstructionModule
 from equinet.lightning.evaluation import (
     circular_shift_per_sample,
+    dpsnr_shifts,
     gather_unique,
-    image_shifts,
     slice_records,
     summarise,
     volume_metrics,
@@ -29,7 +29,8 @@ from equinet.metrics import (
     nmse,
     psnr,
     ssim,
-    worst_case_dpsnr,
+    worst_dpsnr_image,
+    worst_dpsnr_volume,
 )
 
 
@@ -106,9 +107,9 @@ def test_seeded_shifts_depend_on_key_only():
     draws = torch.stack([volume_shift(s, f"f{i}") for s in range(3) for i in range(100)])
     assert draws.abs().max() <= 16 and draws.min() == -16 and draws.max() == 16  # the whole range is used
     assert len({tuple(d) for d in draws.tolist()}) > 250
-    k = image_shifts(1, "f", 3, 10)
-    assert k.shape == (10, 2) and torch.equal(k, image_shifts(1, "f", 3, 10))
-    assert not torch.equal(k, image_shifts(1, "f", 4, 10))
+    k = dpsnr_shifts(1, "f", 10)
+    assert k.shape == (10, 2) and torch.equal(k, dpsnr_shifts(1, "f", 10))
+    assert not torch.equal(k, dpsnr_shifts(1, "g", 10)) and not torch.equal(k, dpsnr_shifts(2, "f", 10))
 
 
 def _eval_module(pool=True):
@@ -142,14 +143,17 @@ def test_equivariance_callback_matches_metric_functions(pool):
             ref = equivariance_errors(model(x), model(circular_shift(x, k)), k, items[0].max_value)
             assert rows[fname]["equivariance_nmse"] == pytest.approx(ref["nmse"], rel=1e-6, abs=1e-12)
             assert rows[fname]["equivariance_ssim"] == pytest.approx(ref["ssim"], rel=1e-9)
+            # worst-case |dPSNR|, both conventions, against the metric functions in original units
+            shifts = dpsnr_shifts(5, fname, 4, 16)
+            y_orig = y * std + mean
+            want = worst_dpsnr_image(model, x, y_orig, shifts)
             for i, it in enumerate(items):
-                shifts = image_shifts(5, fname, it.slice_num, 4, 16)
-                def model_i(z, s=std[i], m=mean[i]):
-                    return module(z) * s + m
-
-                want = worst_case_dpsnr(model_i, x[i:i + 1], y[i:i + 1] * std[i] + mean[i], shifts)[0]
-                got = next(r["worst_dpsnr"] for r in records if r["fname"] == fname and r["slice_num"] == i)
-                assert got == pytest.approx(float(want), rel=1e-4, abs=1e-6)
+                got = next(r["worst_dpsnr_image"] for r in records
+                           if r["fname"] == fname and r["slice_num"] == i)
+                assert got == pytest.approx(float(want[i]), rel=1e-4, abs=1e-6)
+            assert rows[fname]["worst_dpsnr_image"] == pytest.approx(float(want.max()), rel=1e-4, abs=1e-6)
+            want_volume = worst_dpsnr_volume(model, x, y_orig, shifts)
+            assert rows[fname]["worst_dpsnr_volume"] == pytest.approx(want_volume, rel=1e-4, abs=1e-6)
     eq = [rows[f]["equivariance_nmse"] for f in rows]
     if pool:  # max-pooling is not shift-equivariant: the metric sees it (so this test can fail)
         assert max(eq) > 1e-4
@@ -158,13 +162,21 @@ def test_equivariance_callback_matches_metric_functions(pool):
 
 
 def test_report_files(tmp_path):
-    volumes = [{"fname": "a", "slices": 2, "max_value": 1.0, "nmse": 0.1, "psnr": 30.0, "ssim": 0.9}]
-    images = [{"fname": "a", "slice_num": 0, "worst_dpsnr": 0.5}, {"fname": "a", "slice_num": 1, "worst_dpsnr": 1.5}]
+    volumes = [{"fname": "a", "slices": 2, "max_value": 1.0, "nmse": 0.1, "psnr": 30.0, "ssim": 0.9,
+                "worst_dpsnr_image": 1.5, "worst_dpsnr_volume": 0.25},
+               {"fname": "b", "slices": 1, "max_value": 1.0, "nmse": 0.1, "psnr": 30.0, "ssim": 0.9,
+                "worst_dpsnr_image": 0.1, "worst_dpsnr_volume": 0.05}]
+    images = [{"fname": "a", "slice_num": 0, "worst_dpsnr_image": 0.5},
+              {"fname": "a", "slice_num": 1, "worst_dpsnr_image": 1.5},
+              {"fname": "b", "slice_num": 0, "worst_dpsnr_image": 0.1}]
     summary = summarise(volumes, images)
-    assert summary["worst_dpsnr_max"] == 1.5 and summary["worst_dpsnr_mean"] == 1.0
+    assert summary["worst_dpsnr_image"] == 1.5 and summary["worst_dpsnr_image_mean"] == pytest.approx(0.7)
+    assert summary["worst_dpsnr_volume"] == 0.25 and summary["worst_dpsnr_volume_mean"] == pytest.approx(0.15)
     paths = write_report(tmp_path / "run", "test", volumes, images, summary, {"checkpoint": "x.ckpt"})
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["test_images.csv", "test_summary.md",
                                                                      "test_volumes.csv"]
     text = paths["summary"].read_text()
-    assert "| nmse | 0.1 |" in text and "| worst_dpsnr_max | 1.5 |" in text and "x.ckpt" in text
-    assert paths["volumes"].read_text().splitlines()[0] == "fname,slices,max_value,nmse,psnr,ssim"
+    assert "| nmse | 0.1 |" in text and "| worst_dpsnr_image | 1.5 |" in text and "x.ckpt" in text
+    assert "| worst_dpsnr_volume | 0.25 |" in text
+    assert paths["volumes"].read_text().splitlines()[0] == (
+        "fname,slices,max_value,nmse,psnr,ssim,worst_dpsnr_image,worst_dpsnr_volume")

@@ -132,11 +132,13 @@ def test_fit_test_with_tensorboard_wandb_csv_and_safe_checkpoint(tmp_path, monke
     assert torch.allclose(first["output"], want.float(), atol=1e-5)
 
     for key in ("test/nmse", "test/psnr", "test/ssim", "test/equivariance_nmse", "test/equivariance_ssim",
-                "test/worst_dpsnr_mean", "test/worst_dpsnr_max"):
+                "test/worst_dpsnr_image", "test/worst_dpsnr_image_mean", "test/worst_dpsnr_volume",
+                "test/worst_dpsnr_volume_mean"):
         assert np.isfinite(results[key]), key
     # report in the run directory
     summary = (tmp_path / "test_summary.md").read_text()
-    assert "equivariance_nmse" in summary and "worst_dpsnr_max" in summary and "last.ckpt" in summary
+    assert "equivariance_nmse" in summary and "worst_dpsnr_image" in summary and "last.ckpt" in summary
+    assert "worst_dpsnr_volume" in summary and "the paper's text" in summary and "[-16, 15]" in summary
     # images: TensorBoard event with image summaries, W&B offline media files
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -8,14 +8,41 @@ storing them (:mod:`equinet.models.memory_efficient`): memory does not grow with
 of blocks per level.
 
 Adaptive orthogonal resampling (``adaptive_resampling=True``, new in equinet): at level ``i``
-the block-grid offset ``k_i`` is chosen per sample, shift-consistently, by the APS-D criterion
-(largest polyphase l_p norm, float64-accumulated) evaluated on the skip tensor ``c_i``. The
-downsampling uses grid ``k_i`` and the upsampling of the same level shifts back by ``k_i``.
-Because ``c_i`` travels unchanged to the decoder, the inverse recomputes ``k_i`` from the
-recovered ``c_i``: the network stays a bijection of tensors (no side information), and with
-circular padding in the blocks it is exactly equivariant to *all* circular shifts, not just to
-multiples of the total downsampling factor. (Caveat of every argmax: if two polyphase norms tie
-to within rounding error, a shifted or reconstructed input may pick the other grid.)
+the block-grid offset ``k_i`` is chosen per sample by the APS-D criterion (largest polyphase l_p
+norm) evaluated on the skip tensor ``c_i``. The downsampling uses grid ``k_i`` and the upsampling
+of the same level shifts back by ``k_i``. Because ``c_i`` travels unchanged to the decoder, the
+inverse recomputes ``k_i`` from the recovered ``c_i``: the network stays a bijection of tensors
+(no side information), and with circular padding in the blocks it is exactly equivariant to
+*all* circular shifts, not just to multiples of the total downsampling factor -- on every input
+whose grid choices are *decided* (:meth:`iUNet.grid_choices_decided`).
+
+The recovered ``c_i`` equals the forward's only up to rounding, so the choice
+(:func:`~equinet.sampling.polyphase.invertible_phase`) decides only by margins that rounding
+cannot cross: the largest norm, or among norms tied within the margin the best correlation with
+a neighbouring pixel, must win by ``t sqrt(A_max E)`` (``t = 128 eps``, ``A`` the component
+norms, ``E`` the energy of the level). Those decisions are exact comparisons of exact sums, so
+they move with any shift. Otherwise the first tied grid is taken: invertible, not equivariant.
+Exactly the following inputs fall there: those with, at some level, two grids whose skip
+components agree within the margin in norm and in every neighbour correlation -- every input
+whose skip has a symmetry that moves the grid (constant, striped, checkerboard, ramp, half-plane
+patterns, an all-zero skip), and skips too weak next to their level for the reconstruction to
+tell their components apart.
+
+Why no rule can do better on a skip with such a symmetry (``T_j c = c``, ``j`` not in the stride
+lattice ``s Z^d``). The inverse must know ``k_i`` before it can undo the downsampling of the
+other channels, and has only ``c_i`` to compute it from, so ``k_i = k(c_i)``; and one grid per
+level is what makes the inverse a layer-by-layer computation (averaging the level over several
+grids, as the U-Net strategies do, would leave a nonlinear equation to solve). Then
+``k(T_j c) = k(c)`` cannot move with ``j``, and equivariance fails already on an input that is
+itself ``T_j``-invariant: take ``d = 1``, one downsampling with stride 2 and Haar matrices, the
+input ``x = 0`` (so ``T_1 x = x``) and a coarse coupling whose function ``F`` outputs a nonzero
+constant ``b`` (zero convolution weights and the group norm's bias ``b``). Whatever grid is
+chosen, the coarse tensor is zero, the coupling turns its (mean, detail) channels into
+``(0, b)``, and the Haar upsampling turns that into the alternating pattern ``+-b / sqrt(2)``:
+``G(0)`` is not ``T_1``-invariant, so ``G(T_1 0) = G(0) != T_1 G(0)``. The grid only decides
+where the pattern starts; no choice makes it vanish (``tests/test_ties.py`` builds this network).
+So equinet keeps the exact inverse and makes every decided choice -- ties without symmetry
+included -- exactly equivariant.
 """
 
 from __future__ import annotations
@@ -181,7 +208,8 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
             the orthogonal up/downsampling (see :mod:`equinet.sampling.orthogonal`); the stride is
             an int, a per-dimension tuple or a list with one of those per downsampling.
         resampling_kwargs: ``n_reflections`` (householder), ``p`` (adaptive criterion, default 2).
-        adaptive_resampling: choose each level's block grid per sample (shift-equivariant).
+        adaptive_resampling: choose each level's block grid per sample (shift-equivariant where
+            :meth:`grid_choices_decided`, exactly invertible always).
         learnable_channel_mixing, channel_mixing_freq, channel_mixing_method,
         channel_mixing_kwargs: orthogonal 1x1 convolutions; ``freq=-1``: one before every split
             and after every concatenation, ``n > 0``: after every n-th block, ``0``: none.
@@ -433,6 +461,20 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
         x, pad = self._pad(x)
         y = self._execute(self._program, [x])[0]
         return self._crop(y, pad)
+
+    @torch.no_grad()
+    def grid_choices_decided(self, x: torch.Tensor) -> torch.Tensor:
+        """Per sample, whether every adaptive grid choice of ``forward(x)`` was decided by its margin
+        (bool ``(B,)``; all True without ``adaptive_resampling``). Where True, ``forward`` is exactly
+        equivariant to every circular shift of ``x`` (module docstring); the inverse is exact
+        either way."""
+        self._check_input(x, "input")
+        x, _ = self._pad(x)
+        decided: List[torch.Tensor] = []
+        self._program.run([x], decided=decided)
+        if not decided:
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return torch.stack(decided).all(dim=0)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """The exact inverse: ``inverse(forward(x)) == x`` up to rounding (plain autograd)."""

@@ -36,7 +36,7 @@ from torch.autograd.function import once_differentiable
 
 from equinet.models.invertible import runs_on_halves
 from equinet.sampling.orthogonal import samples_contiguous
-from equinet.sampling.polyphase import max_norm_phase
+from equinet.sampling.polyphase import invertible_phase
 
 __all__ = ["Step", "InvertibleProgram", "MemoryEfficientBackprop"]
 
@@ -195,20 +195,29 @@ class InvertibleProgram:
 
     # -- offsets ----------------------------------------------------------------------------
     @staticmethod
-    def _offset(step: Step, stack: List[Chunks], ws: _Workspace) -> Optional[torch.Tensor]:
-        """Adaptive grid offset of a resampling step: the APS-D choice on the skip below the top."""
+    def _offset(step: Step, stack: List[Chunks], ws: _Workspace,
+                decided: Optional[List[torch.Tensor]] = None) -> Optional[torch.Tensor]:
+        """Adaptive grid offset of a resampling step: the APS-D choice on the skip below the top, with
+        the margins that let the inverse reproduce it from its reconstructed skip
+        (:func:`~equinet.sampling.polyphase.invertible_phase`; whether it was decided by a margin is
+        appended to ``decided``, if given)."""
         if not step.adaptive:
             return None
         if len(stack) < 2:
             raise RuntimeError(f"adaptive step {step.name} needs the skip tensor below the top of the stack")
-        return max_norm_phase(ws.join(stack[-2]), step.module.stride, step.p)
+        index, by_margin = invertible_phase(ws.join(stack[-2]), step.module.stride, step.p, other=stack[-1])
+        if decided is not None:
+            decided.append(by_margin)
+        return index
 
     # -- forward / inverse ------------------------------------------------------------------
     def run(
-        self, stack: List[torch.Tensor], offsets: Optional[List[Optional[torch.Tensor]]] = None
+        self, stack: List[torch.Tensor], offsets: Optional[List[Optional[torch.Tensor]]] = None,
+        decided: Optional[List[torch.Tensor]] = None,
     ) -> List[torch.Tensor]:
         """Run forward on ``stack`` (a list of tensors; returns a new list). Appends the offsets
-        used by resampling steps to ``offsets`` (if given), in step order."""
+        used by resampling steps to ``offsets`` and, for adaptive steps, whether the choice was
+        decided by a margin to ``decided`` (if given), in step order."""
         ws = _Workspace(in_place=not torch.is_grad_enabled())
         chunks: List[Chunks] = [(t,) for t in stack]
         for step in self.steps:
@@ -220,7 +229,7 @@ class InvertibleProgram:
                 else:
                     chunks[-1] = (ws.call(module, "forward", chunks[-1]),)
             elif step.kind in ("down", "up"):
-                offset = self._offset(step, chunks, ws)
+                offset = self._offset(step, chunks, ws, decided)
                 if offsets is not None:
                     offsets.append(offset)
                 chunks[-1] = (ws.call(step.module, "forward", chunks[-1], offset),)

@@ -4,6 +4,7 @@
 the matched (downsampler, upsampler) pair of one U-Net level; ``list_strategies()`` names them.
 """
 
+from equinet.sampling.adaptive import PhaseChoice, SymmetryFrame, average_over_symmetries, choose_phase
 from equinet.sampling.base import (
     Downsample,
     Upsample,
@@ -35,6 +36,7 @@ from equinet.sampling.orthogonal import (
     OrthogonalUpsample,
 )
 from equinet.sampling.polyphase import (
+    max_norm_choice,
     max_norm_phase,
     mix_polyphase,
     place_polyphase,
@@ -52,5 +54,6 @@ __all__ = [
     "InvertibleDownsampling1D", "InvertibleDownsampling2D", "InvertibleDownsampling3D",
     "InvertibleUpsampling1D", "InvertibleUpsampling2D", "InvertibleUpsampling3D",
     "OrthogonalDownsample", "OrthogonalUpsample", "OrthogonalMatrices",
+    "PhaseChoice", "SymmetryFrame", "choose_phase", "average_over_symmetries", "max_norm_choice",
     "max_norm_phase", "polyphase_norms", "select_polyphase", "place_polyphase", "mix_polyphase", "roll_per_sample",
 ]

@@ -35,9 +35,11 @@ orthogonal matrices, independent per channel. A tensor/ndarray -- the orthogonal
 to the nearest orthogonal matrix in float64.
 
 Adaptive orthogonal resampling (new in equinet): per sample, the block-grid offset ``k`` is
-chosen shift-consistently with the APS-D criterion (:func:`max_norm_phase`), the input is
-shifted by ``-k`` before resampling and the upsampler shifts back by ``+k``; with ``k`` passed
-as state the pair is exactly invertible *and* equivariant to circular shifts.
+chosen shift-consistently with the APS-D criterion (:func:`max_norm_choice`, ties included), the
+input is shifted by ``-k`` before resampling and the upsampler shifts back by ``+k``; with ``k``
+passed as state the pair is exactly invertible *and* equivariant to circular shifts. If the input
+of a sample is symmetric under a shift that moves the grid, the upsampler averages its output
+over that symmetry (:mod:`equinet.sampling.adaptive`).
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from equinet.sampling.adaptive import PhaseChoice, average_over_symmetries
 from equinet.sampling.base import Downsample, Upsample, as_tuple, register_strategy
-from equinet.sampling.polyphase import max_norm_phase, roll_per_sample
+from equinet.sampling.polyphase import max_norm_choice, roll_per_sample
 
 __all__ = [
     "METHODS",
@@ -902,8 +905,9 @@ def invertible_upsampling(dim: int, *args, **kwargs) -> InvertibleUpsampling:
 class OrthogonalDownsample(Downsample):
     """Encoder half: orthogonal downsampling, optionally with an adaptive block-grid offset.
 
-    ``forward(x) -> (y, offset)``; ``offset`` is ``None`` unless ``adaptive``, then the
-    per-sample APS-D choice ``max_norm_phase(x, stride, p)`` (float64-accumulated l_p norms).
+    ``forward(x) -> (y, state)``; ``state`` is ``None`` unless ``adaptive``, then the per-sample
+    APS-D choice :func:`max_norm_choice` ``(x, stride, p)``: a :class:`PhaseChoice` whose ``index``
+    is the block-grid offset (and whose ``frame`` lists symmetric samples, see the upsampler).
     """
 
     def __init__(
@@ -926,8 +930,10 @@ class OrthogonalDownsample(Downsample):
         self.p = float(p)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        offset = max_norm_phase(x, self.stride, self.p) if self.adaptive else None
-        return self.layer(x, offset), offset
+        if not self.adaptive:
+            return self.layer(x, None), None
+        choice = max_norm_choice(x, self.stride, self.p)
+        return self.layer(x, choice.index), choice
 
     def extra_repr(self) -> str:
         return f"adaptive={self.adaptive}, p={self.p}"
@@ -940,7 +946,9 @@ class OrthogonalUpsample(Upsample):
     with the downsampler's matrices, so ``up(down(x)) == x`` at initialisation and always with
     ``learnable=False``). Otherwise a learnable 1x1 convolution first maps ``up_channels`` to
     ``channels * sigma`` (like a transposed convolution, every strategy's upsampler returns the
-    skip connection's channel count). With an ``offset`` the result is shifted back by it.
+    skip connection's channel count). With an adaptive state (the downsampler's
+    :class:`PhaseChoice`, or a bare ``(B, d)`` offset) the result is shifted back by the offset,
+    and averaged over the symmetry shifts of the samples its ``frame`` lists.
     """
 
     def __init__(
@@ -975,7 +983,11 @@ class OrthogonalUpsample(Upsample):
             )
         if self.project is not None:
             x = self.project(x)
-        return self.layer(x, state if self.adaptive else None)
+        if not self.adaptive:
+            return self.layer(x, None)
+        if isinstance(state, torch.Tensor):
+            state = PhaseChoice(state)
+        return average_over_symmetries(self.layer(x, state.index), state.frame)
 
 
 @register_strategy("orthogonal")

@@ -9,12 +9,30 @@ no Python loop over samples, any device.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence, Tuple
+import math
+from fractions import Fraction
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from equinet.sampling.adaptive import (
+    PhaseChoice,
+    certain_argmax,
+    choose_phase,
+    exact_values,
+    gamma,
+    ravel_phase,
+    unit_roundoff,
+    unravel_phase,
+)
 from equinet.sampling.layers import conv_function
+
+__all__ = [
+    "polyphase_view", "polyphase_norms", "norm_rounding_bound", "exact_norms", "max_norm_choice",
+    "max_norm_phase", "invertible_phase", "ravel_phase", "unravel_phase", "select_polyphase",
+    "place_polyphase", "mix_polyphase", "roll_per_sample", "roll_mix",
+]
 
 
 def _check_divisible(x: torch.Tensor, stride: Sequence[int]) -> None:
@@ -45,15 +63,23 @@ def _offset_dims(d: int) -> Tuple[int, ...]:
     return tuple(3 + 2 * i for i in range(d))
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Per-pixel channel sums in at least float32 (half-precision sums would make the rounding
+    bound of :func:`max_norm_choice` so wide that every sample took the exact path)."""
+    return dtype if torch.finfo(dtype).eps <= torch.finfo(torch.float32).eps else torch.float32
+
+
 def polyphase_norms(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> torch.Tensor:
     """l_p norm (to the power p) of every polyphase component, jointly over channels and pixels.
 
     Returns a float64 tensor ``(B, s_1, ..., s_d)``. The per-pixel sum over channels is done in
-    the input dtype (it does not depend on where the pixel sits, so a circular shift merely
-    permutes it); the sum over pixels, whose order a shift changes, is accumulated in float64.
-    So a shift of ``x`` cannot flip which component is largest unless two norms truly tie,
-    and no full-size float64 copy is made (that cast costs more than the rest of APS-D).
+    the input dtype (float32 for 16-bit inputs); the sum over pixels is accumulated in float64,
+    and no full-size float64 copy is made (that cast costs more than the rest of APS-D). The
+    rounding error is bounded by :func:`norm_rounding_bound`; ties are the job of
+    :func:`max_norm_choice`.
     """
+    if x.dtype != _work_dtype(x.dtype):
+        x = x.to(_work_dtype(x.dtype))
     # (keepdim=False then unsqueeze: the keepdim reduction kernel is ~3x slower on CPU)
     if p == float("inf"):
         per_pixel = x.abs().amax(dim=1)
@@ -72,31 +98,159 @@ def polyphase_norms(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> t
     return view.sum(dim=reduce_dims, dtype=torch.float64)
 
 
-def max_norm_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> torch.Tensor:
-    """APS-D choice: per sample, the offset ``(k_1..k_d)`` of the component with largest l_p norm.
+def norm_rounding_bound(norms: torch.Tensor, x: torch.Tensor, stride: Sequence[int],
+                        p: float) -> torch.Tensor:
+    """``beta >= |norms - a|`` for :func:`polyphase_norms`, ``a`` the exact sum over the component of
+    the float64 terms ``|v|^p`` that :func:`max_norm_choice` compares on its exact path.
 
-    Returns a long tensor ``(B, d)``. Exact ties resolve to the first offset in row-major
-    order (the APS paper's caveat: ties have probability zero for continuous data).
+    Any summation order: ``gamma_{C+3}`` in the working precision covers the per-pixel channel
+    sum and the rounding of ``|v|^p`` (<= 1 ulp), ``gamma_{n+2}`` in float64 the sum over the
+    ``n`` pixels and the float64 terms; the smallest subnormal per term covers underflow. Doubled
+    for safety: a wider bound only sends more samples down the exact path. ``p = inf`` is exact.
     """
-    norms = polyphase_norms(x, stride, p)
-    return unravel_phase(norms.flatten(1).argmax(dim=1), stride)
+    if p == float("inf"):
+        return torch.zeros_like(norms)
+    work = torch.finfo(_work_dtype(x.dtype))
+    channels = x.shape[1]
+    pixels = math.prod(x.shape[2:]) // math.prod(stride)
+    rel = gamma(channels + 3, work.eps / 2) + gamma(pixels + 2, unit_roundoff(torch.float64))
+    underflow = (channels + 3) * pixels * work.tiny * work.eps
+    return 2 * (rel * norms + underflow)
 
 
-def unravel_phase(flat: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
-    """Row-major flat component number ``(B,)`` -> per-dimension offsets ``(B, d)``."""
-    out = []
-    for s in reversed(tuple(stride)):
-        out.append(flat % s)
-        flat = torch.div(flat, s, rounding_mode="floor")
-    return torch.stack(out[::-1], dim=1)
+def _component_rows(x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """``(B, C, *spatial)`` -> ``(B * K, C * n)``: the values of each polyphase component, one row
+    per (sample, row-major phase)."""
+    d = len(stride)
+    v = polyphase_view(x, stride)
+    perm = (0,) + _offset_dims(d) + (1,) + tuple(2 + 2 * i for i in range(d))
+    return v.permute(perm).reshape(x.shape[0] * math.prod(stride), -1)
 
 
-def ravel_phase(index: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
-    """Per-dimension offsets ``(B, d)`` -> row-major flat component number ``(B,)``."""
-    flat = torch.zeros_like(index[:, 0])
-    for i, s in enumerate(stride):
-        flat = flat * s + index[:, i]
-    return flat
+def exact_norms(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> List[Fraction]:
+    """Exact component criteria ``sum |v|^p`` of ``x``, ``B * K`` rationals, sample-major.
+
+    ``p`` in {1, 2}: the float64 terms ``|v|`` and ``v * v`` are correctly rounded elementwise
+    (exact for float32 and narrower inputs). Other ``p``: the values of a component are sorted
+    first, so that every ``pow`` is evaluated at a position that depends on the multiset only
+    (a vectorised ``pow`` and its scalar tail may round differently). ``p = inf``: the maxima,
+    which are exact.
+    """
+    if p == float("inf"):
+        return [Fraction(v) for v in polyphase_norms(x, stride, p).flatten().tolist()]
+    rows = _component_rows(x, stride)
+    if p == 2:
+        return exact_values(rows, lambda t: t * t)
+    if p == 1:
+        return exact_values(rows, torch.abs)
+    return exact_values(rows.abs().sort(dim=1).values, lambda t: t.pow(p))
+
+
+def max_norm_choice(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> PhaseChoice:
+    """APS-D choice: per sample, the phase ``(k_1..k_d)`` of the component with largest l_p norm
+    (APS-U paper, Sec. 2: ``i = argmax_j ||y_j||_p``), with the shift-consistent tie rule of
+    :mod:`equinet.sampling.adaptive`: exact ties are decided in exact arithmetic and broken by
+    the content of ``x``; a real symmetry yields a :class:`~equinet.sampling.adaptive.SymmetryFrame`.
+    """
+    x = x.detach()
+    norms = polyphase_norms(x, stride, p).flatten(1)
+    bound = norm_rounding_bound(norms, x, stride, p)
+
+    def exact(samples: torch.Tensor) -> List[Fraction]:
+        return exact_norms(x.index_select(0, samples), stride, p)
+
+    return choose_phase(norms, bound, exact, x, stride)
+
+
+def max_norm_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> torch.Tensor:
+    """The phase of :func:`max_norm_choice` alone, long ``(B, d)``, without its symmetry frame."""
+    return max_norm_choice(x, stride, p).index
+
+
+INVERTIBLE_MARGIN = 128  # in units of the working dtype's eps: see invertible_phase
+
+
+def _neighbour_products(x: torch.Tensor, offset: Sequence[int]) -> torch.Tensor:
+    """``x(p) * x(p + offset)`` elementwise (per channel) in float64 (exact for float32 inputs):
+    summed over a component, the correlation of the component with its neighbours at ``offset``."""
+    xd = x.to(torch.float64)
+    return xd * xd.roll([-o for o in offset], dims=tuple(range(2, x.dim())))
+
+
+def invertible_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0,
+                     other: Sequence[torch.Tensor] = ()) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Grid choice of the exactly invertible adaptive iUNet: ``(index (B, d), decided (B,))``.
+
+    The iUNet recomputes the choice in ``inverse`` from a *reconstructed* skip tensor, equal to
+    the forward's only up to the rounding of the layers it was reconstructed through: about
+    ``eps sqrt(E)`` with ``E = ||x||^2 + ||other||^2`` the energy of the whole level (``other``:
+    the tensor being resampled; measured: 0.4 to 2 ``eps sqrt(E)``). So every decision needs a
+    margin ``m = t sqrt(A_max E)`` (``t = 128 eps`` of the working dtype; ``A_k`` the exact
+    component norms to the power ``p``) that the reconstruction cannot cross:
+
+    1. the phase of the largest norm if it beats every other by more than ``m`` (plus the
+       rounding bound of :func:`polyphase_norms`): the common case, at the cost of the norms;
+    2. else the phases within ``m`` of the largest exact norm, narrowed in turn by the exact
+       correlation of each component with its neighbours at the offsets ``{0, 1}^d \\ 0``
+       (row-major; kept: within ``m`` of the best): this separates ties without symmetry (a
+       blocky image, a half-plane) by a margin; one phase left decides;
+    3. else the first remaining phase (row-major), and ``decided`` is False.
+
+    Steps 1-2 compare exact sums, so their outcome moves with any shift of ``x``: where every
+    level's choice is ``decided``, the iUNet is exactly equivariant. Step 3 is not shift-consistent
+    -- it cannot be, for a skip with a symmetry that moves the grid (proof in
+    :mod:`equinet.models.iunet`) -- but it is stable under rounding, so the inverse stays exact.
+    No averaging: a single grid per level keeps the inverse a layer-by-layer computation
+    without side information.
+    """
+    x = x.detach()
+    stride = tuple(stride)
+    K = math.prod(stride)
+    t = INVERTIBLE_MARGIN * torch.finfo(_work_dtype(x.dtype)).eps
+    norms = polyphase_norms(x, stride, p).flatten(1)
+    # E, cheaply: ||x||^2 from the norms (p = 2), ||other||^2 in one fused pass; doubled, so that
+    # the fast path's margin is at least the exact one of step 2 whatever their rounding
+    other = [o.detach().flatten(1) for o in ([other] if isinstance(other, torch.Tensor) else other)]
+    energy = norms.sum(dim=1) if p == 2 else torch.linalg.vecdot(x.flatten(1), x.flatten(1)).to(torch.float64)
+    for o in other:
+        energy = energy + torch.linalg.vecdot(o, o).to(torch.float64)
+    bound = norm_rounding_bound(norms, x, stride, p)
+    top_norm = (norms + bound).amax(dim=1, keepdim=True)
+    margin = 2 * bound + t * (top_norm * 2 * energy[:, None]).sqrt()
+    top, decided = certain_argmax(norms, margin)
+    index = unravel_phase(top, stride)
+    if bool(decided.all()):
+        return index, decided
+    unsure = (~decided).nonzero().squeeze(1)
+    sub = x.index_select(0, unsure)
+    # the exact rule on the unsure samples; margins compared squared: gap^2 > t^2 A_max E
+    t2 = Fraction(t) ** 2
+    a = exact_norms(sub, stride, p)
+    e = exact_values(sub.flatten(1), lambda v: v * v)
+    for o in other:
+        e = [ei + ej for ei, ej in zip(e, exact_values(o.index_select(0, unsure), lambda v: v * v))]
+    limits, keep = [], []
+    for b in range(len(unsure)):
+        vals = a[b * K:(b + 1) * K]
+        limits.append(t2 * max(vals) * e[b])
+        best = max(vals)
+        keep.append([(best - v) ** 2 <= limits[b] for v in vals])
+    offsets = [o for o in itertools.product((0, 1), repeat=len(stride)) if any(o)]
+    for offset in offsets:
+        if all(sum(k) == 1 for k in keep):
+            break
+        f = exact_values(_component_rows(_neighbour_products(sub, offset), stride))
+        for b in range(len(unsure)):
+            if sum(keep[b]) == 1:
+                continue
+            vals = f[b * K:(b + 1) * K]
+            best = max(v for v, k in zip(vals, keep[b]) if k)
+            keep[b] = [k and (v >= best or (best - v) ** 2 <= limits[b]) for v, k in zip(vals, keep[b])]
+    kept = torch.tensor(keep, dtype=torch.bool, device=x.device)
+    index[unsure] = unravel_phase(kept.to(torch.uint8).argmax(dim=1), stride)
+    decided = decided.clone()
+    decided[unsure] = kept.sum(dim=1) == 1
+    return index, decided
 
 
 def _advanced_index(xv: torch.Tensor, index: torch.Tensor) -> tuple:

@@ -19,10 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equinet.sampling.adaptive import (
+    SymmetryFrame,
+    average_over_symmetries,
+    choose_phase,
+    exact_values,
+    gamma,
+    unit_roundoff,
+)
 from equinet.sampling.base import Downsample, Upsample, register_strategy
 from equinet.sampling.layers import BlurFilter, DenseMaxPool, conv_nd, conv_transpose_nd
 from equinet.sampling.polyphase import (
-    max_norm_phase,
+    max_norm_choice,
     mix_polyphase,
     polyphase_view,
     roll_mix,
@@ -37,17 +45,21 @@ class PolyphaseState(NamedTuple):
 
     ``index``: chosen offset per sample, long ``(B, d)``. ``weights``: soft selection
     ``(B, s_1, ..., s_d)`` during LPS training (Gumbel-softmax), else ``None`` (hard choice).
+    ``frame``: the samples whose downsampled tensor has a symmetry that moves the grid, and the
+    shifts the upsampler averages over (:mod:`equinet.sampling.adaptive`), else ``None``.
     """
 
     index: torch.Tensor
     weights: Optional[torch.Tensor] = None
+    frame: Optional[SymmetryFrame] = None
 
 
 class APSDown(Downsample):
     """APS-D: dense max -> optional blur -> the polyphase component of largest l_p norm.
 
     Chaman & Dokmanic (CVPR 2021); APS-U paper Sec. 2: ``i = argmax_j ||y_j||_p``.
-    Norms are taken jointly over channels and pixels and accumulated in float64.
+    Norms are taken jointly over channels and pixels and accumulated in float64; exact ties
+    follow the shift-consistent rule of :func:`~equinet.sampling.polyphase.max_norm_choice`.
     """
 
     def __init__(self, channels: int, dim: int = 2, filter_size: int = 1, p: float = 2.0,
@@ -59,15 +71,18 @@ class APSDown(Downsample):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, PolyphaseState]:
         h = self.blur(self.max(x))
-        index = max_norm_phase(h.detach(), self.stride, self.p)
-        return select_polyphase(h, index, self.stride), PolyphaseState(index)
+        choice = max_norm_choice(h, self.stride, self.p)
+        state = PolyphaseState(choice.index, frame=choice.frame)
+        return select_polyphase(h, choice.index, self.stride), state
 
 
 class PolyphaseUp(Upsample):
     """APS-U / LPS-U: transposed conv, shift onto the grid the downsampler chose, optional blur.
 
     Hard state (APS, LPS in eval): ``T_k ConvT(y)`` per sample (eq. 5). Soft state (LPS
-    training): ``sum_k w_k T_k ConvT(y)`` with the downsampler's Gumbel-softmax weights.
+    training): ``sum_k w_k T_k ConvT(y)`` with the downsampler's Gumbel-softmax weights. Samples
+    whose downsampled map was symmetric get the average over its symmetry shifts (frame
+    averaging of this level's sub-network, :mod:`equinet.sampling.adaptive`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, dim: int = 2, filter_size: int = 1,
@@ -87,7 +102,7 @@ class PolyphaseUp(Upsample):
             z = roll_mix(z, state.weights, self.stride)
         else:
             z = roll_per_sample(z, state.index, self.stride)
-        return self.blur(z)
+        return average_over_symmetries(self.blur(z), state.frame)
 
 
 class LPSLogits(nn.Module):
@@ -108,24 +123,35 @@ class LPSLogits(nn.Module):
             conv(hidden_channels, hidden_channels, 3, padding=1, padding_mode="circular"),
         )
 
-    def forward(self, h: torch.Tensor, stride: Tuple[int, ...]) -> torch.Tensor:
-        """Logits ``(B, s_1 * ... * s_d)`` in row-major component order."""
+    def scores(self, h: torch.Tensor, stride: Tuple[int, ...]) -> torch.Tensor:
+        """The scorer's output on every component, ``(S, B, hidden, n_1, ...)`` (row-major ``S``)."""
         d = len(stride)
         B, C = h.shape[:2]
         v = polyphase_view(h, stride)  # (B, C, n1, s1, n2, s2, ...)
         perm = tuple(3 + 2 * i for i in range(d)) + (0, 1) + tuple(2 + 2 * i for i in range(d))
         comps = v.permute(perm).reshape(-1, C, *v.shape[2::2][:d])  # (S*B, C, n1, ...)
-        scores = self.net(comps)
-        per_pixel = scores.sum(dim=1)  # sum over channels in the working dtype
-        mean = per_pixel.flatten(1).sum(dim=1, dtype=torch.float64) / scores[0].numel()
-        return mean.view(-1, B).t()
+        out = self.net(comps)
+        return out.view(-1, B, *out.shape[1:])
+
+    @staticmethod
+    def sums(scores: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` float64 sums of :meth:`scores` over channels (working dtype) and pixels (float64)."""
+        per_pixel = scores.sum(dim=2)  # sum over channels in the working dtype
+        return per_pixel.flatten(2).sum(dim=2, dtype=torch.float64).t()
+
+    def forward(self, h: torch.Tensor, stride: Tuple[int, ...]) -> torch.Tensor:
+        """Logits ``(B, s_1 * ... * s_d)``: mean score per component, row-major component order."""
+        scores = self.scores(h, stride)
+        return self.sums(scores) / scores[0, 0].numel()
 
 
 class LPSDown(Downsample):
     """LPS-D: dense max -> optional blur -> learned component choice (scored before the blur).
 
     Training: Gumbel-softmax weights (temperature ``tau``) mix the components (differentiable);
-    eval: hard argmax of the logits. The weights/choice are the state for LPS-U.
+    eval: hard argmax of the logits, with exactly tied logits (a dead scorer, a symmetric map)
+    settled by the shift-consistent rule of :mod:`equinet.sampling.adaptive` on the scored map.
+    The weights/choice are the state for LPS-U.
     """
 
     def __init__(self, channels: int, dim: int = 2, filter_size: int = 1, tau: float = 1.0,
@@ -144,12 +170,33 @@ class LPSDown(Downsample):
         # Score the un-blurred components: a symmetric binomial blur gives every polyphase
         # component the same mean (its even and odd taps sum alike), which leaves a
         # mean-dominated scorer with near-ties that rounding, not the signal, would break.
-        logits = self.logits(m, self.stride)
-        index = unravel_phase(logits.argmax(dim=1), self.stride)
+        scores = self.logits.scores(m, self.stride)
+        sums = self.logits.sums(scores)
         if self.training:
+            logits = sums / scores[0, 0].numel()
+            index = unravel_phase(logits.argmax(dim=1), self.stride)
             weights = F.gumbel_softmax(logits, tau=self.tau, hard=False).to(h.dtype).view(-1, *self.stride)
             return mix_polyphase(h, weights, self.stride), PolyphaseState(index, weights)
-        return select_polyphase(h, index, self.stride), PolyphaseState(index)
+        choice = self._choose(scores.detach(), sums.detach(), m.detach())
+        state = PolyphaseState(choice.index, frame=choice.frame)
+        return select_polyphase(h, choice.index, self.stride), state
+
+    def _choose(self, scores: torch.Tensor, sums: torch.Tensor, m: torch.Tensor):
+        """Eval choice: argmax of the score sums with the tie rule. The bound covers the channel
+        sum in the working dtype and the float64 pixel sum, relative to the sum of ``|scores|``;
+        the exact criterion is the exact sum of the scorer's outputs over the component."""
+        S, B = scores.shape[:2]
+        per_component = scores[0, 0].numel()
+        hidden, pixels = scores.shape[2], per_component // scores.shape[2]
+        magnitude = scores.abs().sum(dim=2).flatten(2).sum(dim=2, dtype=torch.float64).t()
+        rel = gamma(hidden + 1, unit_roundoff(scores.dtype)) + gamma(pixels + 1, unit_roundoff(torch.float64))
+        bound = 2 * rel * magnitude
+
+        def exact(samples: torch.Tensor):
+            rows = scores.index_select(1, samples).transpose(0, 1).reshape(samples.numel() * S, -1)
+            return exact_values(rows)
+
+        return choose_phase(sums, bound, exact, m, self.stride)
 
 
 @register_strategy("aps")

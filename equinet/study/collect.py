@@ -149,9 +149,10 @@ def read_row(layout: RunLayout, variant: str) -> Optional[Dict[str, Any]]:
     # the paper's worst case: max over images of each image's worst |dPSNR| (exact from the
     # per-image table; else the summary, under the name its version uses)
     per_image = [
-        float(r["worst_dpsnr"])
+        float(value)
         for r in read_csv(layout.report(variant, "images.csv"))
-        if r.get("worst_dpsnr") not in (None, "")
+        for value in [r.get("worst_dpsnr_image", r.get("worst_dpsnr"))]  # (the column's old name)
+        if value not in (None, "")
     ]
     summary = summary_values(layout.report(variant, "summary.md"))
     row["worst_dpsnr"] = (

@@ -46,7 +46,8 @@ def equivariance_table(
     num_shifts: int = 8,
     seed: int = 0,
 ) -> List[Dict[str, float]]:
-    """One row per variant: equivariance NMSE (mean, max), SSIM (min), worst |dPSNR|, params."""
+    """One row per variant: equivariance NMSE (mean, max), SSIM (min; data range 1.0, the images'
+    range, as :mod:`equinet.metrics.equivariance` prescribes), worst |dPSNR| per image, params."""
     images = natural_images(size)
     shifts = random_shifts(num_shifts, generator=torch.Generator().manual_seed(seed))
     rows = []
@@ -56,7 +57,7 @@ def equivariance_table(
         net = UNet(1, 1, channels=channels, depth=depth, sampling=strategy, sampling_kwargs=kwargs,
                    padding_mode="circular").eval()
         start = time.perf_counter()
-        eq = measure_equivariance(net, images, shifts)
+        eq = measure_equivariance(net, images, shifts, maxval=1.0)
         dpsnr = worst_case_dpsnr(net, images, images, shifts)
         rows.append({
             "variant": name,
