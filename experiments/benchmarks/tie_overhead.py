@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--only", default="", help="run only the cases whose name contains this")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the 5% target is missed")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the 5%% target is missed")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
