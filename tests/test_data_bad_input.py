@@ -494,3 +494,13 @@ def test_imagenet_images_smaller_than_the_crop(imagenet, tmp_path, caplog):
         ImageNetShiftDataModule(crop_size=64, ct_image_size=32, forward_model="ct", synthetic=True)
     with pytest.raises(ValueError, match="forward_model"):
         ImageNetShiftDataModule(forward_model="ultrasound")
+
+
+@pytest.mark.parametrize("cls, crop", [(FastMRIDataModule, 400), (LoDoPaBDataModule, 400)])
+def test_a_forgotten_root_is_named_before_the_synthetic_size(cls, crop):
+    """Without root and without synthetic=True the problem is the missing dataset folder, whatever
+    the crop (the synthetic images' size matters only when synthetic data are asked for)."""
+    with pytest.raises(ValueError, match="needs its dataset folder"):
+        cls(crop_size=crop)
+    with pytest.raises(ValueError, match=f"crop_size={crop} is larger than the synthetic images"):
+        cls(crop_size=crop, synthetic=True, synthetic_size=crop // 2)

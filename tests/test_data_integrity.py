@@ -613,3 +613,43 @@ def test_check_finite_agrees_with_the_exact_tests(dtype, size, scale, bad, seed)
     except DataFormatError as err:
         outcome = "nonfinite" if "NaN/inf" in str(err) else "zero"
     assert outcome == ("nonfinite" if expect_nonfinite else "zero" if expect_zero else None)
+
+
+def test_a_file_changed_while_its_value_was_computed_is_not_remembered_stale(tmp_path):
+    """The memo records the fingerprints taken before computing: a file rewritten during the
+    (long) computation no longer matches them, so the next call computes again."""
+    from equinet.data.fbp_cache import remembered
+
+    source, memo = tmp_path / "observation.hdf5", tmp_path / "memo.json"
+    source.write_bytes(b"old content")
+
+    def compute_while_the_file_is_rewritten():
+        source.write_bytes(b"new content, longer")
+        return "value of the old content"
+
+    assert remembered(memo, [source], compute_while_the_file_is_rewritten) == "value of the old content"
+    assert remembered(memo, [source], lambda: "value of the new content") == "value of the new content"
+    assert remembered(memo, [source], lambda: "not called") == "value of the new content"
+
+
+def test_imagenet_ct_digests_are_read_once_per_file_version(tmp_path, monkeypatch):
+    """The CT cache is keyed on every image's SHA-256; later runs (ranks, study variants) reuse
+    the digests while the files are unchanged and read an image again once it is rewritten."""
+    flat, _ = write_val_folders(tmp_path)
+    hashed = []  # whole-file reads of the images (the digests; decoding goes through PIL)
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: (p.suffix == ".JPEG" and hashed.append(p.name)) or real(p))
+
+    def setup():
+        dm = imagenet_dm(flat, tmp_path, forward_model="ct", ct_image_size=36, fbp="torch")
+        dm.setup("test")
+        return dm
+
+    first = setup()
+    n = len(first.paths)
+    assert len(hashed) == n > 0
+    second = setup()
+    assert len(hashed) == n and (second.cache_report.computed, second.cache_report.reused) == (0, n)
+    write_jpeg(first.paths[0], 99)  # rewritten: a new version of one image, a new cache key
+    again = setup()
+    assert len(hashed) == 2 * n and again.cache_report.computed == n

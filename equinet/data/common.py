@@ -19,7 +19,7 @@ import platformdirs
 import torch
 
 from equinet.data.types import ReconSample
-from equinet.files import atomic_directory, atomic_write_text, temporary_path  # noqa: F401 (re-exported)
+from equinet.files import atomic_directory, atomic_write_text  # noqa: F401 (re-exported)
 
 log = logging.getLogger("equinet.data")
 

@@ -95,7 +95,7 @@ def fingerprint(path: Path) -> Dict[str, Any]:
 def remembered(memo: Path, sources: Sequence[Path], compute: Callable[[], Any], key: Any = None) -> Any:
     """``compute()`` (a JSON-able value about the files ``sources``), remembered in the JSON file
     ``memo`` and recomputed only when a source's :func:`fingerprint` or ``key`` changes."""
-    stamp = {"version": MEMO_VERSION, "sources": [fingerprint(p) for p in sources], "key": key}
+    stamp = _stamp(sources, key)
     try:
         stored = json.loads(Path(memo).read_text())
         if stored.get("stamp") == json.loads(json.dumps(stamp)):
@@ -103,13 +103,22 @@ def remembered(memo: Path, sources: Sequence[Path], compute: Callable[[], Any], 
     except (OSError, ValueError, AttributeError, KeyError):
         pass
     value = compute()
-    remember(memo, sources, value, key)
+    # recorded under the fingerprints taken *before* computing: a file that changed meanwhile
+    # no longer matches them, so the next call computes again instead of trusting a stale value
+    _write_memo(memo, stamp, value)
     return value
 
 
 def remember(memo: Path, sources: Sequence[Path], value: Any, key: Any = None) -> None:
     """Record ``value`` for the current fingerprints of ``sources`` (see :func:`remembered`)."""
-    stamp = {"version": MEMO_VERSION, "sources": [fingerprint(p) for p in sources], "key": key}
+    _write_memo(memo, _stamp(sources, key), value)
+
+
+def _stamp(sources: Sequence[Path], key: Any) -> dict:
+    return {"version": MEMO_VERSION, "sources": [fingerprint(p) for p in sources], "key": key}
+
+
+def _write_memo(memo: Path, stamp: dict, value: Any) -> None:
     atomic_write_text(memo, json.dumps({"stamp": stamp, "value": value}, indent=1))
 
 

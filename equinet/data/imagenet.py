@@ -47,7 +47,7 @@ from equinet.data.common import (
     stable_hash,
     stable_seed,
 )
-from equinet.data.fbp_cache import CACHE_CHANGED, CacheReport, build_cached_stack
+from equinet.data.fbp_cache import CACHE_CHANGED, CacheReport, build_cached_stack, remembered
 from equinet.data.mri import FASTMRI_CLAMP, file_seed, make_mask_func, mri_forward
 from equinet.data.synthetic import write_imagenet_folder
 from equinet.data.types import ReconSample
@@ -379,8 +379,17 @@ class ImageNetShiftDataModule(ReconDataModule):
         return chosen
 
     def cache_path(self, paths: List[Path], backend: str) -> Path:
-        """The CT cache of these images, keyed on their names and contents (SHA-256 of each file)."""
-        entries = [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths]
+        """The CT cache of these images, keyed on their names and contents (SHA-256 of each file).
+
+        The digests are remembered beside the cache for the files' fingerprints (path, size,
+        times, inode), so a later run, rank or study variant reads each image again only if it
+        changed."""
+        folder = data_dir(self.data_dir) / "fbp_cache"
+        memo = folder / f"imagenet-digests-{stable_hash([str(p.resolve()) for p in paths])}.json"
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = remembered(
+            memo, paths, lambda: [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths]
+        )
         assert self.geometry is not None
         key = stable_hash(
             entries,

@@ -196,7 +196,7 @@ class FastMRIDataModule(ReconDataModule):
             raise ValueError(f"test_split must be 'auto', 'test' or 'val', got {test_split!r}")
         if crop_size < 1:
             raise ValueError(f"crop_size must be positive, got {crop_size}")
-        if root is None and synthetic_size < crop_size:
+        if synthetic and synthetic_size < crop_size:
             raise ValueError(f"crop_size={crop_size} is larger than the synthetic images (synthetic_size="
                              f"{synthetic_size}); use crop_size <= {synthetic_size} or synthetic_size >= {crop_size}")
         self.mask_func = make_mask_func(mask_type, center_fractions, accelerations)

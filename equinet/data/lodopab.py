@@ -512,7 +512,7 @@ class LoDoPaBDataModule(ReconDataModule):
             raise ValueError(f"fbp must be one of {ct.FBP_BACKENDS}, got {fbp!r}")
         if fbp_filter not in ct.FBP_FILTERS:
             raise ValueError(f"fbp_filter must be one of {ct.FBP_FILTERS}, got {fbp_filter!r}")
-        if root is None and synthetic_size < crop_size:
+        if synthetic and synthetic_size < crop_size:
             raise ValueError(f"crop_size={crop_size} is larger than the synthetic images (synthetic_size="
                              f"{synthetic_size}); use crop_size <= {synthetic_size} or synthetic_size >= {crop_size}")
         if geometry is not None and len(geometry) != 3:
@@ -625,13 +625,10 @@ class LoDoPaBDataModule(ReconDataModule):
     def build_fbp_cache(
         self,
         parts: Optional[List[str]] = None,
-        layout: Optional[LoDoPaBLayout] = None,
         log_summary: bool = True,
     ) -> CacheReport:
         """Check the files of ``parts`` (default: all present) and FBP every served observation row
         into the cache (resumable, keyed on the rows' checksum); report time and backend."""
-        if layout is not None:
-            self.layout = layout
         layout = self.scan()
         backend = self._backend = ct.resolve_fbp_backend(self.fbp_backend)
         if parts is None:
