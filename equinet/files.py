@@ -42,18 +42,24 @@ def temporary_path(final: PathLike) -> Path:
     return Path(name)
 
 
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
+@contextmanager
+def atomic_write(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write the whole file to; on success it is renamed
+    to ``path`` (readers see the old file or the new one, never half of it), on failure deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        f.write(text)
 
 
 @contextmanager

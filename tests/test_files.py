@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from equinet.files import atomic_directory, atomic_write_text, temporary_path
+from equinet.files import atomic_directory, atomic_write, atomic_write_text, temporary_path
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002])
@@ -27,6 +27,10 @@ def test_atomic_writers_honour_the_umask(tmp_path, umask):
         (tmp / "f.txt").write_text("y")
     assert mode(tmp_path / "dataset") == 0o777 & ~umask
     assert (tmp_path / "dataset" / "f.txt").read_text() == "y"
+    with atomic_write(tmp_path / "c" / "panel.png") as tmp:
+        tmp.write_bytes(b"png")
+    assert mode(tmp_path / "c" / "panel.png") == 0o666 & ~umask
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["panel.png"]
 
 
 def test_failed_writes_leave_nothing_behind(tmp_path):
@@ -39,6 +43,10 @@ def test_failed_writes_leave_nothing_behind(tmp_path):
     atomic_write_text(tmp_path / "r.md", "old")
     with pytest.raises(TypeError):
         atomic_write_text(tmp_path / "r.md", None)  # type: ignore[arg-type]
+    with pytest.raises(Boom):
+        with atomic_write(tmp_path / "r.md") as tmp:
+            tmp.write_text("half")
+            raise Boom
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md"]
     assert (tmp_path / "r.md").read_text() == "old"
 

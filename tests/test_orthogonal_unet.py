@@ -3,23 +3,18 @@ with circular padding is exactly shift-equivariant in float32; the fixed-grid ve
 
 import pytest
 import torch
+from _ties_helpers import randomize_norms
 
 from equinet.metrics import circular_shift, random_shifts
 from equinet.models import UNet
 from equinet.sampling.orthogonal import METHODS
 
 
-
 def _randomize(net, seed):
     """Random batch-norm statistics/affine maps and orthogonal matrices away from their init."""
-    g = torch.Generator().manual_seed(seed)
+    randomize_norms(net, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
         for name, p in net.named_parameters():
             if name.endswith("orthogonal.weight"):
                 p.add_(torch.randn(p.shape, generator=g) * 0.3)

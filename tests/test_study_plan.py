@@ -170,9 +170,16 @@ def test_a_crop_the_network_cannot_take_is_refused_before_training():
         config={"name": "u", "run": RUN, "variants": ["baseline", "iUNet"]},
     )
     with pytest.raises(
-        StudyError, match=r"variant 'baseline'.*divisible by \(8, 8\).*crop_size is 36.*32 or 40"
+        StudyError, match=r"variant 'baseline'.*divisible by 8 but.*crop_size is 36; use crop_size 32 or 40,"
     ):
         check_study(s)
+    tiny = load_study(
+        None,
+        ["--data.init_args.crop_size", "4", "--model.network.init_args.depth", "3"],
+        config={"name": "u", "run": RUN, "variants": ["baseline"]},
+    )
+    with pytest.raises(StudyError, match=r"crop_size is 4; use crop_size 8, or a smaller"):
+        check_study(tiny)
     ood = study(
         ood={"data": {"class_path": "equinet.data.ImageNetShiftDataModule", "init_args": {"crop_size": 30}}}
     )

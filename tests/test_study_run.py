@@ -55,7 +55,18 @@ def test_two_variant_study_writes_tables_figures_and_run_folders_and_reads_them_
 ):
     config = write_config(tmp_path / "tiny.yaml", tiny_study(knee, imagenet))
     folder = tmp_path / "study"
-    log = _run(config, folder)
+    old_umask = os.umask(0o022)
+    try:
+        log = _run(config, folder)
+    finally:
+        os.umask(old_umask)
+    # a team shares study folders: every file and folder has the umask's mode (0644 / 0755)
+    wrong = {
+        str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777)
+        for p in folder.rglob("*")
+        if not p.is_symlink() and p.stat().st_mode & 0o777 != (0o755 if p.is_dir() else 0o644)
+    }
+    assert not wrong, wrong
     assert [line.split(":")[0] for line in log if ": starting" in line] == [
         "[1/3] input",
         "[2/3] baseline",

@@ -7,7 +7,6 @@ All of them work with any reconstruction LightningModule whose ``forward(x)`` re
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from pathlib import Path
@@ -20,7 +19,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from equinet.data.types import ReconSample
-from equinet.files import temporary_path
+from equinet.files import atomic_write
 from equinet.lightning.evaluation import (
     batch_keys,
     circular_shift_per_sample,
@@ -280,12 +279,8 @@ class ReconstructionImageLogger(Callback):
                 info = PngImagePlugin.PngInfo()
                 info.add_text("Title", it["tag"])
                 info.add_text("Description", it["caption"])
-                tmp = temporary_path(path)
-                try:
+                with atomic_write(path) as tmp:
                     Image.fromarray(it["image"]).save(tmp, format="PNG", pnginfo=info)
-                    os.replace(tmp, path)
-                finally:
-                    tmp.unlink(missing_ok=True)
                 self.saved_files.append(path)
 
 

@@ -30,7 +30,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import yaml
 from pytorch_lightning import LightningDataModule
@@ -163,6 +163,16 @@ def check_data_source(data: Any) -> None:
         cls.check_source(args.get("root"), bool(args.get("synthetic")))
 
 
+def unsuitable_size(size: int, multiple) -> Optional[Tuple[int, str]]:
+    """``None`` if ``size`` is divisible by every entry of ``multiple``; else ``(factor, "A or B")``:
+    their least common multiple and the nearest positive sizes that are."""
+    factor = math.lcm(*(int(m) for m in multiple))
+    if size % factor == 0:
+        return None
+    nearest = dict.fromkeys((max(factor, size // factor * factor), -(-size // factor) * factor))
+    return factor, " or ".join(str(n) for n in nearest)
+
+
 def check_image_size(model: Any, datamodule: Any) -> None:
     """The data's crop must suit the network (a U-Net needs sizes divisible by 2**depth): checked
     before any data are generated or cached, not at the first batch."""
@@ -170,12 +180,12 @@ def check_image_size(model: Any, datamodule: Any) -> None:
     crop = getattr(datamodule, "crop_size", None)
     if not multiple or not isinstance(crop, int):
         return
-    factor = math.lcm(*(int(m) for m in multiple))
-    if crop % factor:
-        lower, upper = max(factor, crop // factor * factor), -(-crop // factor) * factor
+    bad = unsuitable_size(crop, multiple)
+    if bad:
+        factor, nearest = bad
         raise ValueError(
             f"data crop_size={crop} does not suit the network: {type(model.network).__name__} needs sizes "
-            f"divisible by {factor}; use --data.init_args.crop_size {lower} or {upper}"
+            f"divisible by {factor}; use --data.init_args.crop_size {nearest}"
         )
 
 

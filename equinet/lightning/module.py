@@ -24,6 +24,7 @@ from torch import nn
 
 from equinet.data.types import ReconSample
 from equinet.lightning.callbacks import EquivarianceEvaluation, _batch, find_callback
+from equinet.metrics import random_shifts
 from equinet.lightning.evaluation import (
     batch_keys,
     circular_shift_per_sample,
@@ -143,7 +144,7 @@ class ReconstructionModule(pl.LightningModule):
             return b
         s = self.shift_augmentation
         dims = b.input.dim() - 2
-        shifts = torch.randint(-s, s + 1, (b.input.shape[0], dims))  # the seeded global CPU RNG
+        shifts = random_shifts(b.input.shape[0], dims, s)  # the seeded global CPU RNG
         return b._replace(input=circular_shift_per_sample(b.input, shifts),
                           target=circular_shift_per_sample(b.target, shifts))
 

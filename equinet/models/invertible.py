@@ -245,10 +245,6 @@ class InvertibleChannelMixing(nn.Module):
         self.in_channels = self.out_channels = int(in_channels)
         self.orthogonal = OrthogonalMatrices(1, self.in_channels, method, init, learnable, n_reflections)
 
-    def kernel(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """The equivalent 1x1 convolution kernel ``(C, C, 1, ..)``."""
-        return self.matrix(dtype).reshape(self.in_channels, self.in_channels, *(1,) * self.dim)
-
     def matrix(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """``Q``, ``(C, C)``."""
         return self.orthogonal.matrix(dtype)[0]

@@ -652,11 +652,6 @@ class _OrthogonalResampling(nn.Module):
         """The ``(C, sigma, sigma)`` orthogonal matrices."""
         return self.orthogonal.matrix()
 
-    def kernel(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """The convolution kernel ``(C * sigma, 1, *stride)``: row i of A_c -> filter c*sigma+i."""
-        a = self.orthogonal.matrix(dtype)
-        return a.reshape(self.high_channels, 1, *self.stride)
-
     def _check(self, x: torch.Tensor, channels: int, role: str, check_size: bool) -> None:
         if x.dim() != self.dim + 2:
             raise ValueError(

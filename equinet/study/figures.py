@@ -13,14 +13,13 @@ them atomically.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from equinet.files import temporary_path
+from equinet.files import atomic_write
 from equinet.study.variants import INPUT
 
 FLOOR = 1e-17  # exact zeros drawn at this height on log axes (and marked "0")
@@ -47,14 +46,9 @@ def save_figure(fig, path: Path) -> Path:
     """Save ``fig`` as PNG at ``path`` atomically and close it."""
     plt = _pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

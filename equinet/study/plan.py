@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from equinet.files import atomic_write_text
+from equinet.lightning.cli import unsuitable_size
 from equinet.study.variants import (
     INPUT,
     NETWORK,
@@ -342,13 +343,13 @@ def check_study(study: Study, only: Optional[Sequence[str]] = None) -> List[str]
         for where, crop in crops.items():
             if crop is None or multiple is None:
                 continue
-            bad = [m for m in multiple if crop % m]
+            bad = unsuitable_size(crop, multiple)
             if bad:
-                ok_down = max(multiple) * (crop // max(multiple))
+                factor, nearest = bad
                 raise StudyError(
-                    f"variant {variant!r}: its network needs inputs divisible by {multiple} but "
-                    f"{where}.init_args.crop_size is {crop}; use crop_size {ok_down} or "
-                    f"{ok_down + max(multiple)}, or a smaller network depth"
+                    f"variant {variant!r}: its network needs inputs divisible by {factor} but "
+                    f"{where}.init_args.crop_size is {crop}; use crop_size {nearest}, "
+                    "or a smaller network depth"
                 )
     return selected
 

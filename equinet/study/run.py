@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from equinet.files import atomic_write_text, temporary_path
+from equinet.files import atomic_write, atomic_write_text
 from equinet.lightning.runs import CHECKPOINTS, LATEST, is_rank_zero, report_name
 from equinet.study.plan import Study, StudyError, instantiate, write_plan
 from equinet.study.variants import INPUT, NETWORK, get_dotted
@@ -255,14 +255,8 @@ def shift_example(module, sample, shift: Sequence[int], device: torch.device) ->
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 # --------------------------------------------------------------------------------------------
