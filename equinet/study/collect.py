@@ -236,17 +236,18 @@ def groups_of(rows: Sequence[Mapping[str, Any]]) -> List[str]:
     )
 
 
-def main_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Equivariance and reconstruction (the paper's Table 1 / Table 4 layout)."""
+def main_table(rows: Sequence[Mapping[str, Any]], suffix: str = "") -> str:
+    """Equivariance and reconstruction (the paper's Table 1 / Table 4 layout); ``suffix="_pd"``
+    etc. gives the same table over one acquisition's volumes."""
     return markdown_table(
         rows,
         [
             ("variant", "variant", "text"),
-            ("eq. NMSE", "eq_nmse", "sci"),
-            ("eq. SSIM", "eq_ssim", "ssim"),
-            ("NMSE", "nmse", "sci"),
-            ("PSNR (dB)", "psnr", "db"),
-            ("SSIM", "ssim", "ssim"),
+            ("eq. NMSE", f"eq_nmse{suffix}", "sci"),
+            ("eq. SSIM", f"eq_ssim{suffix}", "ssim"),
+            ("NMSE", f"nmse{suffix}", "sci"),
+            ("PSNR (dB)", f"psnr{suffix}", "db"),
+            ("SSIM", f"ssim{suffix}", "ssim"),
         ],
     )
 
@@ -265,22 +266,7 @@ def results_markdown(
     lines += [f"- {k}: {v}" for k, v in settings(study_config).items()]
     lines += ["", "## Equivariance and reconstruction (APS-U paper, Table 1 / Table 4)", "", main_table(rows)]
     for group in groups_of(rows):
-        lines += [
-            "",
-            f"### {group.upper()} volumes only",
-            "",
-            markdown_table(
-                rows,
-                [
-                    ("variant", "variant", "text"),
-                    ("eq. NMSE", f"eq_nmse_{group}", "sci"),
-                    ("eq. SSIM", f"eq_ssim_{group}", "ssim"),
-                    ("NMSE", f"nmse_{group}", "sci"),
-                    ("PSNR (dB)", f"psnr_{group}", "db"),
-                    ("SSIM", f"ssim_{group}", "ssim"),
-                ],
-            ),
-        ]
+        lines += ["", f"### {group.upper()} volumes only", "", main_table(rows, f"_{group}")]
     trained = [r for r in rows if r["variant"] != INPUT]
     lines += [
         "",
