@@ -14,12 +14,13 @@ Optimiser and LR scheduler are typed callables, so YAML configs choose them::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from equinet.data.types import ReconSample
@@ -66,6 +67,13 @@ class ReconstructionModule(pl.LightningModule):
             uniformly from ``[-shift_augmentation, shift_augmentation]^2`` (the paper: 16) with
             the seeded torch RNG (checkpointed by :class:`~equinet.lightning.ResumableRNG`).
             Validation, test and predict inputs are never shifted. ``0`` (default) disables it.
+        init_from: fine-tune from a fastMRI U-Net: a ``fastmri.pl_modules.UnetModule`` Lightning
+            checkpoint or a ``fastmri.models.Unet`` state dict saved with ``torch.save`` (read with
+            ``weights_only=True``). Its weights are loaded into ``network``, which must be an
+            equinet ``UNet(layout="fastmri")`` of the same ``channels``/``depth`` (an error names the
+            init_args to set) with the run's sampling; what the sampling adds (LPS scorers) keeps
+            its initialisation. Checkpoints of the run hold the trained weights, so rebuilding one
+            does not read this file again (it is recorded as ``initialised_from``).
 
     Validation logs ``val/loss``, ``val/nmse``, ``val/psnr``, ``val/ssim`` (means over volumes,
     exact under DDP); test logs the same under ``test/`` plus the equivariance metrics of an
@@ -81,6 +89,7 @@ class ReconstructionModule(pl.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         output_clamp: Optional[float] = 6.0,
         shift_augmentation: int = 0,
+        init_from: Optional[str] = None,
     ) -> None:
         super().__init__()
         # Checkpoints hold plain data only, so they load with torch.load(weights_only=True): the
@@ -88,7 +97,7 @@ class ReconstructionModule(pl.LightningModule):
         # the equinet CLI records its configs so, and this __init__ rebuilds them), never as the
         # objects built in Python -- pass those again to load_from_checkpoint.
         given = {"network": network, "optimizer": optimizer, "lr_scheduler": lr_scheduler}
-        self.save_hyperparameters("loss", "output_clamp", "shift_augmentation",
+        self.save_hyperparameters("loss", "output_clamp", "shift_augmentation", "init_from",
                                   *[k for k, v in given.items() if _plain_data(v)])
         network = from_config(network, nn.Module)
         optimizer = from_config(optimizer, OptimizerCallable)
@@ -101,6 +110,13 @@ class ReconstructionModule(pl.LightningModule):
             raise ValueError(f"output_clamp must be positive or None, got {output_clamp}")
         if type(shift_augmentation) is not int or shift_augmentation < 0:
             raise ValueError(f"shift_augmentation must be an int >= 0 (pixels), got {shift_augmentation!r}")
+        if init_from is not None:
+            from equinet.models.fastmri_compat import init_from_fastmri
+
+            new = init_from_fastmri(network, init_from)
+            rank_zero_info(f"equinet: network initialised from the fastMRI U-Net {init_from}"
+                           + (f"; new parameters keep their initialisation: {', '.join(new)}" if new else ""))
+        self.init_from = init_from
         self.network = network
         self.loss_name = loss
         self.optimizer_factory = optimizer
@@ -243,6 +259,13 @@ class ReconstructionModule(pl.LightningModule):
         if self._evaluates_checkpoint():
             return int(self._checkpoint_progress.get("global_step") or 0)
         return self.trainer.global_step
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # the checkpoint holds the trained weights: rebuilding it must not re-read init_from
+        hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
+        if isinstance(hparams, Mapping) and hparams.get("init_from") is not None:
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = {**hparams, "init_from": None,
+                                                            "initialised_from": hparams["init_from"]}
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # remembered for the reports of validate/test runs: which training state is evaluated

@@ -5,6 +5,14 @@ features; decoder: upsample -> concat with the skip -> (3x3 conv -> norm -> ReLU
 head (Ronneberger et al. 2015; APS-U paper Sec. 4). With ``padding_mode="circular"`` and the
 ``aps``/``lps`` (eval) strategies the network is exactly equivariant to circular shifts
 (APS-U paper, Prop. 2).
+
+``layout="fastmri"`` builds fastMRI's U-Net (``fastmri.models.Unet``, Zbontar et al. 2018) around
+the same strategies: bias-free 3x3 convs -> affine-free InstanceNorm -> LeakyReLU(0.2) ->
+Dropout2d per block, every upsampler followed by InstanceNorm + LeakyReLU (its convolution
+bias-free), the upsampled map concatenated before the skip, 1x1 head with bias. With a
+floor-pooling strategy (``avgpool``, ``maxpool``) it also takes fastMRI's odd sizes: pooling floors
+them and the upsampled map is reflect-padded by one pixel at the end of each odd axis, as
+``fastmri.models.Unet`` does. :meth:`UNet.from_fastmri` carries a fastMRI model's weights over.
 """
 
 from __future__ import annotations
@@ -13,20 +21,28 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from equinet.sampling.base import PADDING_MODES, create_strategy
 from equinet.sampling.layers import conv_nd
 
 NORMS = ("batch", "instance", "group", "none")
+LAYOUTS = ("equinet", "fastmri")
+# strategies whose 2x pooling floors odd sizes as fastMRI's avg_pool2d does (the fastMRI layout
+# then takes odd sizes the way fastMRI does)
+FLOOR_POOLING = ("avgpool", "maxpool")
+FASTMRI_NEGATIVE_SLOPE = 0.2  # fastMRI's LeakyReLU
+_DROPOUT = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
 
 
-def make_norm(norm: str, channels: int, dim: int) -> nn.Module:
-    """Normalisation layer by name; all of them commute with circular shifts."""
+def make_norm(norm: str, channels: int, dim: int, affine: bool = True) -> nn.Module:
+    """Normalisation layer by name; all of them commute with circular shifts. ``affine=False``
+    (instance norm only): fastMRI's InstanceNorm without learned scale and shift."""
     if norm == "batch":
         return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dim](channels)
     if norm == "instance":
-        return {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[dim](channels, affine=True)
+        return {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[dim](channels, affine=affine)
     if norm == "group":
         return nn.GroupNorm(math.gcd(8, channels), channels)
     if norm == "none":
@@ -34,21 +50,39 @@ def make_norm(norm: str, channels: int, dim: int) -> nn.Module:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
+def make_activation(layout: str) -> nn.Module:
+    """The layout's nonlinearity: ReLU (U-Net paper) or fastMRI's LeakyReLU(0.2)."""
+    if layout == "fastmri":
+        return nn.LeakyReLU(FASTMRI_NEGATIVE_SLOPE, inplace=True)
+    return nn.ReLU(inplace=True)
+
+
 class DoubleConv(nn.Sequential):
-    """(3x3 conv -> norm -> ReLU) x 2, the U-Net's per-level block."""
+    """(3x3 conv -> norm -> activation [-> dropout]) x 2, the U-Net's per-level block.
+
+    ``layout="fastmri"``: fastMRI's ``ConvBlock`` (affine-free instance norm, LeakyReLU(0.2));
+    ``drop_prob > 0`` adds channel dropout (``Dropout2d`` in 2D) after each activation.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, dim: int = 2, padding_mode: str = "zeros",
-                 norm: str = "batch"):
+                 norm: str = "batch", layout: str = "equinet", drop_prob: float = 0.0):
         conv = conv_nd(dim)
         bias = norm == "none"
-        super().__init__(
-            conv(in_channels, out_channels, 3, padding=1, padding_mode=padding_mode, bias=bias),
-            make_norm(norm, out_channels, dim),
-            nn.ReLU(inplace=True),
-            conv(out_channels, out_channels, 3, padding=1, padding_mode=padding_mode, bias=bias),
-            make_norm(norm, out_channels, dim),
-            nn.ReLU(inplace=True),
-        )
+        layers: List[nn.Module] = []
+        for channels in (in_channels, out_channels):
+            layers += [conv(channels, out_channels, 3, padding=1, padding_mode=padding_mode, bias=bias),
+                       make_norm(norm, out_channels, dim, affine=layout != "fastmri"),
+                       make_activation(layout)]
+            if drop_prob > 0:
+                layers.append(_DROPOUT[dim](drop_prob))
+        super().__init__(*layers)
+
+
+def _drop_conv_biases(module: nn.Module) -> None:
+    """Remove the bias of every convolution in ``module`` (a norm follows, which cancels it)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.conv._ConvNd) and m.bias is not None:
+            m.bias = None
 
 
 class UNet(nn.Module):
@@ -64,7 +98,12 @@ class UNet(nn.Module):
         sampling_kwargs: options of the strategy, e.g. ``{"filter_size": 3}``.
         padding_mode: ``zeros`` | ``circular`` | ``reflect`` for every convolution and filter.
         dim: spatial dimensions (1, 2 or 3).
-        norm: ``batch`` (paper) | ``instance`` | ``group`` | ``none``.
+        norm: ``batch`` (paper) | ``instance`` | ``group`` | ``none``; ``None``: the layout's
+            (``batch`` for ``equinet``; the ``fastmri`` layout has fastMRI's affine-free instance norm).
+        layout: ``equinet`` (the APS-U paper's U-Net) or ``fastmri`` (``fastmri.models.Unet``'s
+            blocks around the same strategy; see the module docstring and :meth:`from_fastmri`).
+        drop_prob: channel-dropout probability after every block activation (fastMRI's
+            ``drop_prob``); 0 adds no dropout layers.
     """
 
     def __init__(
@@ -77,9 +116,21 @@ class UNet(nn.Module):
         sampling_kwargs: Optional[Dict[str, Any]] = None,
         padding_mode: str = "zeros",
         dim: int = 2,
-        norm: str = "batch",
+        norm: Optional[str] = None,
+        layout: str = "equinet",
+        drop_prob: float = 0.0,
     ):
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == "fastmri" and norm not in (None, "instance"):
+            raise ValueError(f"layout='fastmri' has fastMRI's affine-free instance norm; got norm={norm!r} "
+                             "(leave norm unset)")
+        norm = norm or ("instance" if layout == "fastmri" else "batch")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
         if padding_mode not in PADDING_MODES:
@@ -93,22 +144,33 @@ class UNet(nn.Module):
         self.in_channels, self.out_channels, self.dim, self.depth = in_channels, out_channels, dim, depth
         self.widths = widths
         self.sampling, self.sampling_kwargs = sampling, dict(sampling_kwargs or {})
+        self.padding_mode, self.norm, self.layout, self.drop_prob = padding_mode, norm, layout, float(drop_prob)
+        block = dict(dim=dim, padding_mode=padding_mode, norm=norm, layout=layout, drop_prob=drop_prob)
 
-        self.inc = DoubleConv(in_channels, widths[0], dim, padding_mode, norm)
+        self.inc = DoubleConv(in_channels, widths[0], **block)
         self.downs, self.encoders = nn.ModuleList(), nn.ModuleList()
         self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
+        # fastMRI layout: norm + activation after every upsampler (fastMRI's TransposeConvBlock)
+        self.up_norms = nn.ModuleList()
         for level in range(depth):
             down, up = create_strategy(sampling, widths[level], widths[level + 1], dim=dim,
                                        padding_mode=padding_mode, **self.sampling_kwargs)
             self.downs.append(down)
-            self.encoders.append(DoubleConv(down.out_channels, widths[level + 1], dim, padding_mode, norm))
+            self.encoders.append(DoubleConv(down.out_channels, widths[level + 1], **block))
             self.ups.append(up)
-            self.decoders.append(DoubleConv(widths[level] + up.out_channels, widths[level], dim, padding_mode, norm))
+            self.decoders.append(DoubleConv(widths[level] + up.out_channels, widths[level], **block))
+            if layout == "fastmri":
+                _drop_conv_biases(up)
+                self.up_norms.append(nn.Sequential(make_norm(norm, up.out_channels, dim, affine=False),
+                                                   make_activation(layout)))
         self.head = conv_nd(dim)(widths[0], out_channels, 1)
         factor = [1] * dim
         for down in self.downs:
             factor = [f * s for f, s in zip(factor, down.stride)]
-        self.size_multiple: Tuple[int, ...] = tuple(factor)
+        self.total_stride: Tuple[int, ...] = tuple(factor)
+        # fastMRI's odd sizes: floor pooling + reflect padding take any size of >= 1 pixel per level
+        self.pads_odd_sizes = layout == "fastmri" and sampling in FLOOR_POOLING
+        self.size_multiple: Tuple[int, ...] = (1,) * dim if self.pads_odd_sizes else self.total_stride
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ``ValueError`` naming the problem if the network cannot take ``x``."""
@@ -120,6 +182,11 @@ class UNet(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"UNet(in_channels={self.in_channels}) got {x.shape[1]} input channels (shape {tuple(x.shape)})")
         sizes = tuple(x.shape[2:])
+        if self.pads_odd_sizes and any(n < m for n, m in zip(sizes, self.total_stride)):
+            raise ValueError(
+                f"UNet(depth={self.depth}, layout='fastmri') halves each axis {self.depth} times (odd sizes "
+                f"rounded down), so it needs spatial sizes of at least {self.total_stride}; got {sizes}"
+            )
         if any(n % m for n, m in zip(sizes, self.size_multiple)):
             down = tuple(n // m * m for n, m in zip(sizes, self.size_multiple))
             up = tuple(-(-n // m) * m for n, m in zip(sizes, self.size_multiple))
@@ -141,5 +208,38 @@ class UNet(nn.Module):
             h = encoder(h)
         for level in reversed(range(self.depth)):
             h = self.ups[level](h, states[level])
-            h = self.decoders[level](torch.cat([skips[level], h], dim=1))
+            if self.layout == "fastmri":
+                h = pad_like_fastmri(self.up_norms[level](h), skips[level])
+                h = torch.cat([h, skips[level]], dim=1)
+            else:
+                h = torch.cat([skips[level], h], dim=1)
+            h = self.decoders[level](h)
         return self.head(h)
+
+    @classmethod
+    def from_fastmri(cls, model_or_state_dict: Any, sampling: str = "avgpool",
+                     sampling_kwargs: Optional[Dict[str, Any]] = None, padding_mode: str = "zeros",
+                     drop_prob: Optional[float] = None) -> "UNet":
+        """fastMRI's U-Net (a ``fastmri.models.Unet``, its ``state_dict``, or a ``UnetModule``
+        checkpoint dict) as an equinet ``UNet(layout="fastmri")`` with ``sampling``, its weights
+        carried over by name; see :func:`equinet.models.fastmri_compat.unet_from_fastmri`."""
+        from equinet.models.fastmri_compat import unet_from_fastmri
+
+        return unet_from_fastmri(model_or_state_dict, sampling=sampling, sampling_kwargs=sampling_kwargs,
+                                 padding_mode=padding_mode, drop_prob=drop_prob)
+
+    def to_fastmri_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The weights as a ``fastmri.models.Unet`` state dict (``layout="fastmri"``, ``avgpool``,
+        zero padding only); see :func:`equinet.models.fastmri_compat.to_fastmri_state_dict`."""
+        from equinet.models.fastmri_compat import to_fastmri_state_dict
+
+        return to_fastmri_state_dict(self)
+
+
+def pad_like_fastmri(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Reflect-pad ``x`` by one pixel at the end of every axis where it is one shorter than ``skip``
+    (an odd size the pooling floored), as ``fastmri.models.Unet`` does before concatenating."""
+    pad: List[int] = []
+    for n, m in zip(reversed(x.shape[2:]), reversed(skip.shape[2:])):
+        pad += [0, m - n]
+    return F.pad(x, pad, mode="reflect") if any(pad) else x
