@@ -301,6 +301,8 @@ class EquinetCLI(LightningCLI):
             # The network/optimiser/scheduler configs (class_path + init_args, plain data), so that
             # the checkpoint rebuilds them: ReconstructionModule.load_from_checkpoint(path).
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]["model"]
+            if config.get("init_from") is None:
+                config.pop("init_from", None)  # as the module records it: only when fine-tuning
             self.model.save_hyperparameters(config)
         ckpt = cfg.get("ckpt_path")
         for callback in self.trainer.callbacks:

@@ -97,7 +97,8 @@ class ReconstructionModule(pl.LightningModule):
         # the equinet CLI records its configs so, and this __init__ rebuilds them), never as the
         # objects built in Python -- pass those again to load_from_checkpoint.
         given = {"network": network, "optimizer": optimizer, "lr_scheduler": lr_scheduler}
-        self.save_hyperparameters("loss", "output_clamp", "shift_augmentation", "init_from",
+        self.save_hyperparameters("loss", "output_clamp", "shift_augmentation",
+                                  *(["init_from"] if init_from is not None else []),
                                   *[k for k, v in given.items() if _plain_data(v)])
         network = from_config(network, nn.Module)
         optimizer = from_config(optimizer, OptimizerCallable)

@@ -15,6 +15,9 @@ A study config (``experiments/study/<name>.yaml``)::
       num_dpsnr_shifts: 0
     cost: {reference: baseline, repeats: 7, warmup: 2}
     examples: {shift: [8, 5], index: null}
+    init_from: null     # a fastMRI U-Net checkpoint (UnetModule .ckpt or Unet state dict): every
+                        # variant fine-tunes from its weights with its own sampling, under the same
+                        # budget; the network's channels/depth/layout follow the checkpoint
 
 ``equinet study --config FILE --trainer.max_epochs 3 --data.root /data`` overrides a run-config
 key; keys whose first part is one of the study's own (``ood.…``, ``cost.…``, ``threads``, ...)
@@ -38,6 +41,7 @@ from equinet.lightning.cli import unsuitable_size
 from equinet.study.variants import (
     INPUT,
     NETWORK,
+    UNET,
     apply_overrides,
     flatten,
     get_dotted,
@@ -56,6 +60,7 @@ STUDY_KEYS = (
     "ood",
     "cost",
     "examples",
+    "init_from",
 )
 DEFAULTS: Dict[str, Any] = {
     "description": "",
@@ -65,6 +70,7 @@ DEFAULTS: Dict[str, Any] = {
     "ood": None,
     "cost": {"reference": "baseline", "repeats": 7, "warmup": 2},
     "examples": {"shift": [8, 5], "index": None},
+    "init_from": None,
 }
 # Where a run executes, not what it computes: a study folder may be continued with other values.
 PLACEMENT_KEYS = (
@@ -140,6 +146,8 @@ class Study:
     config: Dict[str, Any]
     source: Optional[Path] = None
     definitions: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # the U-Net init_args of the init_from checkpoint's architecture (None without init_from)
+    init_network: Optional[Dict[str, Any]] = None
 
     @property
     def name(self) -> str:
@@ -172,7 +180,15 @@ class Study:
             config = copy.deepcopy(self.run)
             set_dotted(config, NETWORK, {"class_path": "torch.nn.Identity"})
             return config
-        return apply_overrides(self.run, self.definitions[variant])
+        config = apply_overrides(self.run, self.definitions[variant])
+        if self.config.get("init_from"):
+            # every variant starts from the same fastMRI weights: its network takes their architecture
+            set_dotted(config, "model.init_from", self.config["init_from"])
+            if get_dotted(config, f"{NETWORK}.class_path") in (UNET, "UNet"):
+                for key, value in (self.init_network or {}).items():
+                    set_dotted(config, f"{NETWORK}.init_args.{key}", value)
+                get_dotted(config, f"{NETWORK}.init_args").pop("norm", None)  # the fastMRI layout's
+        return config
 
     def ood_config(self, variant: str) -> Dict[str, Any]:
         """The variant's config evaluated on the out-of-distribution data (``equinet test`` only)."""
@@ -217,7 +233,22 @@ def load_study(
     cfg["run"].setdefault("trainer", {}).pop("default_root_dir", None)  # the study places every run
     study = Study(cfg, Path(path) if path is not None else None)
     study.definitions = known_variants(cfg.get("define"))
+    if cfg.get("init_from"):
+        study.init_network = _init_network(cfg)
     return study
+
+
+def _init_network(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Resolve ``init_from`` to an absolute path (runs start elsewhere) and read its architecture."""
+    from equinet.models.fastmri_compat import FastMRIWeightsError, fastmri_architecture, network_arguments, \
+        read_fastmri_checkpoint
+
+    cfg["init_from"] = str(Path(cfg["init_from"]).expanduser().resolve())
+    try:
+        state_dict, _ = read_fastmri_checkpoint(cfg["init_from"])
+    except FastMRIWeightsError as err:
+        raise StudyError(f"init_from: {err}") from None
+    return network_arguments(fastmri_architecture(state_dict))
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,6 +370,16 @@ def check_study(study: Study, only: Optional[Sequence[str]] = None) -> List[str]
             raise StudyError(
                 f"variant {variant!r}: cannot build its network from {get_dotted(cfg, NETWORK)}: {err}"
             ) from None
+        if study.config.get("init_from"):
+            from equinet.models.fastmri_compat import FastMRIWeightsError, init_from_fastmri
+
+            try:
+                init_from_fastmri(network, study.config["init_from"])
+            except FastMRIWeightsError as err:
+                raise StudyError(
+                    f"variant {variant!r} cannot start from the fastMRI U-Net of init_from: {err}; "
+                    "remove it from variants, or run the study without init_from"
+                ) from None
         multiple = size_multiple(network)
         for where, crop in crops.items():
             if crop is None or multiple is None:
