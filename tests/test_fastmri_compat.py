@@ -316,3 +316,16 @@ def test_wrong_files_name_the_file_and_what_was_found(tmp_path):
             read_fastmri_checkpoint(tmp_path / name)
         text = str(err.value)
         assert text.startswith(str(tmp_path / name)) and message in text and "\n" not in text, text
+
+
+def test_readme_snippet_runs():
+    """The README's "Start from your fastMRI model" snippet, as written."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Start from your fastMRI model", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "UNet.from_fastmri" in code and "to_fastmri_state_dict" in code
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert isinstance(namespace["back"], Unet)

@@ -15,7 +15,7 @@ from equinet.study.plan import StudyError, check_study, load_study, write_plan
 from equinet.study.variants import get_dotted
 
 
-def toy_study(tmp_path, variants, **changes):
+def toy_study(tmp_path, variants, overrides=(), **changes):
     run = copy.deepcopy(RUN)
     run["data"] = {"class_path": "test_lightning_fixtures.ToyReconData", "init_args": {"size": 32, "batch_size": 2}}
     run["model"]["loss"] = "l1"
@@ -24,7 +24,7 @@ def toy_study(tmp_path, variants, **changes):
                            "enable_model_summary": False,
                            "callbacks": [{"class_path": "test_fastmri_cli.RecordValidations"}]})
     config = {"name": "ft", "run": run, "variants": list(variants), "cost": {"reference": "avgpool"}, **changes}
-    return load_study(None, config=config)
+    return load_study(None, overrides, config=config)
 
 
 @pytest.mark.filterwarnings("ignore:.*does not have many workers.*")
@@ -71,3 +71,10 @@ def test_a_wrong_init_from_file_fails_when_the_study_is_loaded(tmp_path):
     (tmp_path / "x.ckpt").write_text("nope")
     with pytest.raises(StudyError, match=r"init_from: .*x.ckpt: not a torch checkpoint"):
         toy_study(tmp_path, ["avgpool"], init_from=str(tmp_path / "x.ckpt"))
+
+
+def test_init_from_is_a_study_override(tmp_path):
+    write_unet_module_checkpoint(tmp_path / "unet.ckpt", fastmri_unet(8, 2))
+    study = toy_study(tmp_path, ["APS"], overrides=["--init_from", str(tmp_path / "unet.ckpt")])
+    assert study.variant_config("APS")["model"]["init_from"] == str(tmp_path / "unet.ckpt")
+    assert "init_from" not in toy_study(tmp_path, ["APS"]).variant_config("APS")["model"]
