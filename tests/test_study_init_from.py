@@ -11,8 +11,8 @@ from test_fastmri_compat import fastmri_unet, write_unet_module_checkpoint
 from test_lightning_fixtures import run_cli
 from test_study_plan import RUN
 
-from equinet.study.plan import StudyError, check_study, load_study, write_plan
-from equinet.study.variants import get_dotted
+from equinet.study.config import StudyError, get_dotted
+from equinet.study.plan import check_study, load_study, write_plan
 
 
 def toy_study(tmp_path, variants, overrides=(), **changes):

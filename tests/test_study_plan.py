@@ -7,24 +7,10 @@ import copy
 import pytest
 import yaml
 
-from equinet.study.plan import (
-    StudyError,
-    check_study,
-    config_differences,
-    load_study,
-    parse_overrides,
-    resolve_folder,
-    write_plan,
-)
+from equinet.study.config import StudyError, apply_overrides, flatten, get_dotted, parse_overrides
+from equinet.study.plan import check_study, config_differences, load_study, resolve_folder, write_plan
 from equinet.study.run import device_count
-from equinet.study.variants import (
-    STUDY_VARIANTS,
-    VARIANTS,
-    apply_overrides,
-    available_variants,
-    get_dotted,
-    known_variants,
-)
+from equinet.study.variants import STUDY_VARIANTS, VARIANTS, available_variants, known_variants
 
 RUN = {
     "seed_everything": 0,
@@ -84,8 +70,6 @@ def test_variant_overrides_change_only_what_the_name_says():
 
 def test_variants_share_data_seed_budget_optimiser_and_evaluation():
     """A variant changes its network (and DA its training shifts); nothing else."""
-    from equinet.study.variants import flatten
-
     s = study()
     base = flatten(s.run)
     for name in STUDY_VARIANTS:

@@ -20,7 +20,7 @@ from test_lightning_fixtures import REPO, cli_env, equinet_cmd
 
 from equinet.study.cli import main as study_cli
 from equinet.study.cli import run_study
-from equinet.study.collect import COLUMNS
+from equinet.study.results import COLUMNS
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers.*",

@@ -23,7 +23,8 @@ from typing import List, Optional
 import torch
 
 from equinet.lightning.runs import point_latest
-from equinet.study.plan import StudyError, check_study, load_study, resolve_folder
+from equinet.study.config import StudyError
+from equinet.study.plan import check_study, load_study, resolve_folder
 from equinet.study.run import LAUNCHERS, Launcher, StudyRunner
 from equinet.study.variants import STUDY_VARIANTS, VARIANT_DESCRIPTIONS
 

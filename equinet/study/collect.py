@@ -13,167 +13,24 @@ import csv
 import io
 import math
 import platform
-import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 import yaml
 
 from equinet.files import atomic_write_text
-from equinet.lightning.evaluation import EQUIVARIANCE_COLUMNS, RECON_COLUMNS, group_means
-from equinet.study.plan import STUDY_FILE, StudyError, load_study
-from equinet.study.run import EXAMPLE_FILE, STUDY_JSON, RunLayout, read_json
-from equinet.study.variants import INPUT, NETWORK, get_dotted
-
-# results.csv: these columns first, in this order (then the per-group ones, e.g. psnr_pd)
-COLUMNS = (
-    "variant",
-    "strategy",
-    "params",
-    "psnr",
-    "ssim",
-    "nmse",
-    "eq_nmse",
-    "eq_ssim",
-    "eq_nmse_ood",
-    "eq_ssim_ood",
-    "worst_dpsnr",
-    "step_time_ratio",
-    "peak_mem_ratio",
-    "train_minutes",
+from equinet.study.config import INPUT, StudyError, get_dotted
+from equinet.study.plan import STUDY_FILE, load_study
+from equinet.study.results import (
+    COLUMNS,
+    EXAMPLE_FILE,
+    GROUP_HELP,
+    RESULT_COLUMNS,
+    RunLayout,
+    read_row,
+    table_columns,
 )
-RENAME = {"equivariance_nmse": "eq_nmse", "equivariance_ssim": "eq_ssim"}
-# the worst-case |dPSNR| over images, by the name each version of the test summary uses
-WORST_DPSNR_KEYS = ("worst_dpsnr_image", "worst_dpsnr_max")
-COLUMN_HELP = {
-    "variant": "the study variant (run folder `runs/<variant>`); `input` is the network input itself",
-    "strategy": "the network and its down/upsampling",
-    "params": "trainable parameters",
-    "psnr": "reconstruction PSNR in dB, per volume (fastMRI convention), mean over test volumes",
-    "ssim": "reconstruction SSIM (7x7, the volume's data range), mean over test volumes",
-    "nmse": "reconstruction NMSE, per volume, mean over test volumes",
-    "eq_nmse": "shift equivariance: NMSE between T_k(G(x)) and G(T_k(x)), one random circular shift k in "
-    "[-16, 16]^2 per test volume, mean over volumes (0 = exactly equivariant)",
-    "eq_ssim": "shift equivariance: SSIM between T_k(G(x)) and G(T_k(x)) (1 = exactly equivariant)",
-    "eq_nmse_ood": "eq_nmse on out-of-distribution natural images through the same forward model",
-    "eq_ssim_ood": "eq_ssim on the out-of-distribution images",
-    "worst_dpsnr": "worst |PSNR(G(T_k x), T_k y) - PSNR(G(x), y)| in dB over 10 random shifts per test "
-    "image, and over all images",
-    "step_time_ratio": "training step time / the baseline's, measured alternately in one process on the "
-    "same batch",
-    "peak_mem_ratio": "peak training-step tensor memory / the baseline's (same batch; profiler allocator "
-    "peaks)",
-    "train_minutes": "wall-clock training minutes (for information: depends on the machine and its load)",
-}
-
-
-# --------------------------------------------------------------------------------------------
-# reading one run
-# --------------------------------------------------------------------------------------------
-def read_csv(path: Path) -> List[Dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _number(text: Any) -> Any:
-    if not isinstance(text, str) or text == "":
-        return text
-    try:
-        return float(text) if any(c in text for c in ".eEn") else int(text)
-    except ValueError:
-        return text
-
-
-def summary_values(path: Path) -> Dict[str, float]:
-    """``| metric | value |`` rows of a ``test_summary.md``."""
-    values: Dict[str, float] = {}
-    if path.is_file():
-        for match in re.finditer(r"^\| ([A-Za-z0-9_]+) \| ([-+0-9.eEinfa]+) \|$", path.read_text(), re.M):
-            try:
-                values[match.group(1)] = float(match.group(2))
-            except ValueError:
-                pass
-    return values
-
-
-def volume_means(volumes: List[Dict[str, Any]]) -> Dict[str, float]:
-    """Means over volumes (and per group) of the reconstruction and equivariance columns."""
-    out: Dict[str, float] = {}
-    for col in RECON_COLUMNS + EQUIVARIANCE_COLUMNS:
-        vals = [float(v[col]) for v in volumes if v.get(col) not in (None, "")]
-        if vals:
-            out[RENAME.get(col, col)] = float(np.mean(vals))
-    for key, value in group_means(volumes).items():
-        col, _, group = key.rpartition("_")
-        out[f"{RENAME.get(col, col)}_{group}"] = value
-    return out
-
-
-def describe(config: Mapping[str, Any], variant: str) -> str:
-    """A short human description of the variant's network (and training) for the tables."""
-    network = get_dotted(config, NETWORK) or {}
-    cls = str(network.get("class_path", "")).rpartition(".")[2]
-    args = network.get("init_args") or {}
-    if variant == INPUT:
-        return "the network input (no network)"
-    if cls == "UNet":
-        kwargs = args.get("sampling_kwargs") or {}
-        text = f"U-Net, {args.get('sampling', 'maxpool')}" + (
-            "(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else ""
-        )
-    elif cls == "LiftediUNet":
-        text = "iUNet" + (", adaptive grid" if args.get("adaptive_resampling") else "")
-    else:
-        text = cls or "?"
-    shift = get_dotted(config, "model.shift_augmentation")
-    if shift:
-        text += f", random shifts +-{shift} (DA)"
-    return text
-
-
-def read_row(layout: RunLayout, variant: str) -> Optional[Dict[str, Any]]:
-    """The results row of one variant, or ``None`` if its test has not finished."""
-    volumes = read_csv(layout.report(variant, "volumes.csv"))
-    if not volumes:
-        return None
-    # how the run was trained: its own config.yaml (written by `equinet fit`), else the study's
-    config_path = next(
-        (p for p in (layout.folder(variant) / "config.yaml", layout.config(variant)) if p.is_file()), None
-    )
-    config = yaml.safe_load(config_path.read_text()) if config_path is not None else {}
-    row: Dict[str, Any] = {"variant": variant, "strategy": describe(config, variant)}
-    row.update(volume_means(volumes))
-    # the paper's worst case: max over images of each image's worst |dPSNR| (exact from the
-    # per-image table; else the summary, under the name its version uses)
-    per_image = [
-        float(value)
-        for r in read_csv(layout.report(variant, "images.csv"))
-        for value in [r.get("worst_dpsnr_image", r.get("worst_dpsnr"))]  # (the column's old name)
-        if value not in (None, "")
-    ]
-    summary = summary_values(layout.report(variant, "summary.md"))
-    row["worst_dpsnr"] = (
-        max(per_image) if per_image else next((summary[k] for k in WORST_DPSNR_KEYS if k in summary), None)
-    )
-    ood = volume_means(read_csv(layout.report(variant, "volumes.csv", tag="ood")))
-    for col in ("eq_nmse", "eq_ssim", "psnr", "ssim"):
-        if col in ood:
-            row[f"{col}_ood"] = ood[col]
-    info = read_json(layout.folder(variant) / STUDY_JSON)
-    cost = info.get("cost") or {}
-    for col in ("params", "step_time_ratio", "peak_mem_ratio"):
-        if col in cost:
-            row[col] = cost[col]
-    if "train_seconds" in info:
-        row["train_minutes"] = info["train_seconds"] / 60
-    if variant == INPUT:  # the identity is trivially equivariant: nothing to compare
-        for col in [c for c in row if c.startswith(("eq_", "worst_dpsnr"))]:
-            row[col] = None
-        row["params"] = 0
-    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,25 +88,31 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple]) 
 
 
 def groups_of(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The acquisition groups with their own columns (``psnr_pd``, ...): ``["pd", "pdfs"]``."""
+    grouped = {c.name for c in RESULT_COLUMNS if c.groups}
     return sorted(
-        {k.rpartition("_")[2] for r in rows for k in r if k.startswith("psnr_") and k != "psnr_ood"}
+        {
+            group
+            for r in rows
+            for name, _, group in (k.rpartition("_") for k in r if k not in COLUMNS)
+            if name in grouped
+        }
+    )
+
+
+def column_table(rows: Sequence[Mapping[str, Any]], table: str, suffix: str = "") -> str:
+    """The ``results.md`` table ``table`` (its columns are those of :data:`RESULT_COLUMNS` with
+    that ``table``); ``suffix="_pd"`` etc. gives the same table over one acquisition's volumes."""
+    return markdown_table(
+        rows,
+        [("variant", "variant", "text")]
+        + [(c.header, f"{c.name}{suffix}", c.fmt) for c in table_columns(table)],
     )
 
 
 def main_table(rows: Sequence[Mapping[str, Any]], suffix: str = "") -> str:
-    """Equivariance and reconstruction (the paper's Table 1 / Table 4 layout); ``suffix="_pd"``
-    etc. gives the same table over one acquisition's volumes."""
-    return markdown_table(
-        rows,
-        [
-            ("variant", "variant", "text"),
-            ("eq. NMSE", f"eq_nmse{suffix}", "sci"),
-            ("eq. SSIM", f"eq_ssim{suffix}", "ssim"),
-            ("NMSE", f"nmse{suffix}", "sci"),
-            ("PSNR (dB)", f"psnr{suffix}", "db"),
-            ("SSIM", f"ssim{suffix}", "ssim"),
-        ],
-    )
+    """Equivariance and reconstruction (the paper's Table 1 / Table 4 layout)."""
+    return column_table(rows, "main", suffix)
 
 
 def results_markdown(
@@ -268,52 +131,26 @@ def results_markdown(
     for group in groups_of(rows):
         lines += ["", f"### {group.upper()} volumes only", "", main_table(rows, f"_{group}")]
     trained = [r for r in rows if r["variant"] != INPUT]
+    shifts = get_dotted(study_config, "run.equivariance.num_dpsnr_shifts", 10)
     lines += [
         "",
-        "## Worst-case shift: largest |dPSNR| over 10 random shifts per image (Table 2)",
+        f"## Worst-case shift: largest |dPSNR| over {shifts} random shifts per image (Table 2)",
         "",
-        markdown_table(
-            trained, [("variant", "variant", "text"), ("worst abs dPSNR (dB)", "worst_dpsnr", "sci")]
-        ),
+        column_table(trained, "worst"),
     ]
-    if any(r.get("eq_nmse_ood") is not None for r in trained):
+    if any(r.get(c.name) is not None for r in trained for c in table_columns("ood")):
         lines += [
             "",
             "## Out of distribution: natural images through the same forward model (Table 3)",
             "",
-            markdown_table(
-                trained,
-                [
-                    ("variant", "variant", "text"),
-                    ("eq. NMSE", "eq_nmse_ood", "sci"),
-                    ("eq. SSIM", "eq_ssim_ood", "ssim"),
-                ],
-            ),
+            column_table(trained, "ood"),
         ]
-    lines += [
-        "",
-        "## Cost (relative to the baseline, measured side by side)",
-        "",
-        markdown_table(
-            trained,
-            [
-                ("variant", "variant", "text"),
-                ("network", "strategy", "text"),
-                ("params", "params", "int"),
-                ("step time", "step_time_ratio", "ratio"),
-                ("peak memory", "peak_mem_ratio", "ratio"),
-                ("training (min)", "train_minutes", "min"),
-            ],
-        ),
-    ]
+    lines += ["", "## Cost (relative to the baseline, measured side by side)", "", column_table(trained, "cost")]
     if figures:
         lines += ["", "## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures]
-    lines += ["", "## Columns (results.csv)", ""] + [f"- `{k}`: {v}" for k, v in COLUMN_HELP.items()]
+    lines += ["", "## Columns (results.csv)", ""] + [f"- `{c.name}`: {c.help}" for c in RESULT_COLUMNS]
     if groups_of(rows):
-        lines.append(
-            "- `<column>_<group>`: the same over the volumes of one acquisition (pd: CORPD_FBK, "
-            "pdfs: CORPDFS_FBK)"
-        )
+        lines.append(f"- `<column>_<group>`: {GROUP_HELP}")
     lines += [
         "",
         "## Runs",

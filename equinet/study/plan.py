@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import datetime
-import importlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,16 +38,20 @@ import yaml
 
 from equinet.files import atomic_write_text
 from equinet.lightning.cli import unsuitable_size
-from equinet.study.variants import (
+from equinet.study.config import (
     INPUT,
     NETWORK,
-    UNET,
+    StudyError,
     apply_overrides,
+    class_key,
     flatten,
     get_dotted,
-    known_variants,
+    instantiate,
+    parse_overrides,
+    resolve_class,
     set_dotted,
 )
+from equinet.study.variants import UNET, known_variants
 
 STUDY_KEYS = (
     "name",
@@ -90,55 +94,9 @@ PLACEMENT_KEYS = (
 STUDY_FILE = "study.yaml"
 
 
-class StudyError(ValueError):
-    """A study that cannot start (or continue) as asked; the message says what would work."""
-
-
 # --------------------------------------------------------------------------------------------
 # the config
 # --------------------------------------------------------------------------------------------
-def parse_overrides(args: Sequence[str]) -> List[Tuple[str, Any]]:
-    """``["--trainer.max_epochs", "3", "--data.root=/d"]`` -> ``[("trainer.max_epochs", 3), ...]``.
-
-    Values are YAML (``3`` is an int, ``null`` is None, ``[1, 2]`` a list).
-    """
-    pairs: List[Tuple[str, Any]] = []
-    i = 0
-    args = list(args)
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or len(arg) < 3:
-            raise StudyError(f"expected --key value overrides, got {arg!r}")
-        if "=" in arg:
-            key, text = arg[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise StudyError(f"override {arg} has no value")
-            key, text = arg[2:], args[i + 1]
-            i += 2
-        pairs.append((key, yaml.safe_load(text)))
-    return pairs
-
-
-def class_key(config: Mapping[str, Any], key: str) -> str:
-    """``run.data.root`` -> ``run.data.init_args.root`` where ``run.data`` is a ``class_path`` spec
-    (the shorthand the equinet CLI accepts, ``--data.root``)."""
-    parts, out, node = key.split("."), [], config
-    for i, part in enumerate(parts):
-        if (
-            isinstance(node, Mapping)
-            and "class_path" in node
-            and part not in ("class_path", "init_args")
-            and i < len(parts)
-        ):
-            out.append("init_args")
-            node = node.get("init_args") or {}
-        out.append(part)
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return ".".join(out)
-
-
 @dataclass
 class Study:
     """A loaded study config (after command-line overrides) and what follows from it."""
@@ -252,37 +210,12 @@ def _init_network(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# building classes from config dicts (what jsonargparse does for the CLI)
+# what a network and its data need of each other
 # --------------------------------------------------------------------------------------------
-SHORT_NAMES = ("equinet.models", "equinet.data", "torch.nn")
-
-
-def resolve_class(class_path: str):
-    """The class of ``class_path`` (full dotted path, or a short name from equinet.models/.data)."""
-    if "." in class_path:
-        module, _, name = class_path.rpartition(".")
-        return getattr(importlib.import_module(module), name)
-    for module in SHORT_NAMES:
-        cls = getattr(importlib.import_module(module), class_path, None)
-        if cls is not None:
-            return cls
-    raise StudyError(f"cannot resolve class {class_path!r}; give its full path (e.g. equinet.models.UNet)")
-
-
-def instantiate(spec: Any) -> Any:
-    """``{class_path, init_args}`` -> the object (nested specs instantiated too)."""
-    if isinstance(spec, Mapping) and "class_path" in spec:
-        args = {k: instantiate(v) for k, v in (spec.get("init_args") or {}).items()}
-        return resolve_class(spec["class_path"])(**args)
-    return spec
-
-
 def crop_size(data_spec: Mapping[str, Any]) -> Optional[int]:
     """The square crop a DataModule config feeds the network (its ``crop_size``)."""
     value = (data_spec.get("init_args") or {}).get("crop_size")
     if value is None:
-        import inspect
-
         param = inspect.signature(resolve_class(data_spec["class_path"]).__init__).parameters.get("crop_size")
         value = None if param is None or param.default is inspect.Parameter.empty else param.default
     return None if value is None else int(value)

@@ -18,7 +18,6 @@ command for every rank, so such a run gets its own ``python -m equinet fit|test`
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -29,69 +28,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from equinet.files import atomic_write, atomic_write_text
-from equinet.lightning.runs import CHECKPOINTS, LATEST, is_rank_zero, report_name
-from equinet.study.plan import Study, StudyError, instantiate, write_plan
-from equinet.study.variants import INPUT, NETWORK, get_dotted
+from equinet.files import atomic_write
+from equinet.lightning.runs import is_rank_zero
+from equinet.study.config import INPUT, NETWORK, StudyError, get_dotted, instantiate
+from equinet.study.plan import Study, write_plan
+from equinet.study.results import EXAMPLE_FILE, STUDY_JSON, RunLayout, read_json, read_row, update_json
 
 LAUNCHERS = ("auto", "inprocess", "subprocess")
-STUDY_JSON = "study.json"
-EXAMPLE_FILE = "study_example.npz"
-
-
-# --------------------------------------------------------------------------------------------
-# where a variant's run and its reports live (the one place that knows the run-folder layout)
-# --------------------------------------------------------------------------------------------
-class RunLayout:
-    """Run folders of a study: ``<study>/runs/<variant>`` (the equinet CLI's ``--run.name``), with
-    the test reports ``test_*`` and those of tagged evaluations ``test-<tag>_*`` (``--run.tag``)."""
-
-    def __init__(self, study_dir: os.PathLike) -> None:
-        self.study_dir = Path(study_dir)
-        self.runs = self.study_dir / "runs"
-
-    def folder(self, variant: str) -> Path:
-        return self.runs / variant
-
-    def location_args(self, variant: str) -> List[str]:
-        """What puts an ``equinet fit|test`` into the variant's run folder."""
-        return ["--trainer.default_root_dir", str(self.runs), "--run.name", variant]
-
-    def evaluation_args(self, variant: str, tag: str) -> List[str]:
-        """A tagged evaluation (the OOD test) of the variant's last checkpoint, into its folder."""
-        return self.location_args(variant) + ["--run.tag", tag, "--ckpt_path", "last"]
-
-    def report(self, variant: str, kind: str, tag: Optional[str] = None) -> Path:
-        """``test_<kind>`` / ``test-<tag>_<kind>`` (``volumes.csv``, ``images.csv``, ``summary.md``)."""
-        return self.folder(variant) / f"{report_name('test', tag)}_{kind}"
-
-    def last_checkpoint(self, variant: str) -> Path:
-        return self.folder(variant) / CHECKPOINTS / "last.ckpt"
-
-    def config(self, variant: str, tag: Optional[str] = None) -> Path:
-        return self.study_dir / "configs" / (f"{variant}-{tag}.yaml" if tag else f"{variant}.yaml")
-
-    def variants(self) -> List[str]:
-        """The run folders present (``latest``, the group's pointer to the newest, is not one)."""
-        if not self.runs.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in self.runs.iterdir()
-            if p.is_dir() and not p.is_symlink() and p.name != LATEST and not p.name.startswith(".")
-        )
-
-
-def read_json(path: Path) -> Dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def update_json(path: Path, **values: Any) -> Dict[str, Any]:
-    """Merge ``values`` into the JSON file at ``path`` (written atomically)."""
-    data = read_json(path)
-    data.update(values)
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,8 +359,6 @@ class StudyRunner:
         return ran
 
     def _headline(self, variant: str) -> str:
-        from equinet.study.collect import read_row
-
         try:
             row = read_row(self.layout, variant)
         except (OSError, ValueError):

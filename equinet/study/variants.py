@@ -1,4 +1,5 @@
-"""The variants a study compares: named overrides of one run config.
+"""The variants a study compares: named overrides of one run config (the dotted-key helpers are in
+:mod:`equinet.study.config`).
 
 ``VARIANTS`` is the strategy table (display name -> sampling strategy and its options) that the
 random-init table and the benchmarks use. A *study variant* is a set of dotted-key overrides of
@@ -11,12 +12,11 @@ more under ``define:`` with the same kind of overrides.
 
 from __future__ import annotations
 
-import copy
-import inspect
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from equinet.sampling import list_strategies
+from equinet.study.config import INPUT, NETWORK
 
 # Display name -> (registry name, options): the U-Net down/upsampling variants the papers compare.
 VARIANTS: Dict[str, Tuple[str, dict]] = {
@@ -47,7 +47,6 @@ def available_variants() -> List[str]:
 
 Overrides = Dict[str, Any]
 
-NETWORK = "model.network"
 UNET = "equinet.models.UNet"
 LIFTED_IUNET = "equinet.models.LiftediUNet"
 DA_SHIFT = 16  # the APS-U paper's random shifts in [-16, 16]
@@ -101,7 +100,6 @@ VARIANT_DESCRIPTIONS: Dict[str, str] = {
     **{f"APS-{j}": f"APS with {j}x{j} blur" for j in (2, 3, 5)},
 }
 
-INPUT = "input"  # the reference row: the network input itself scored against the target
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
 
 
@@ -121,76 +119,3 @@ def known_variants(define: Optional[Mapping[str, Overrides]] = None) -> Dict[str
             )
         table[name] = dict(overrides)
     return table
-
-
-# --------------------------------------------------------------------------------------------
-# dotted overrides on nested config dicts
-# --------------------------------------------------------------------------------------------
-def get_dotted(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:
-    """``config[a][b][c] = value`` for ``key = "a.b.c"`` (creating the dicts on the way)."""
-    parts = key.split(".")
-    node = config
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = copy.deepcopy(value)
-
-
-def _class_parameters(class_path: str) -> Optional[set]:
-    """Constructor parameter names of ``class_path`` (``None`` if it takes ``**kwargs``)."""
-    from equinet.study.plan import resolve_class
-
-    cls = resolve_class(class_path)
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return None
-    return {n for n in params if n != "self"}
-
-
-def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    """A copy of ``config`` with dotted-key ``overrides`` applied.
-
-    A variant that changes the network class (``model.network.class_path``) keeps the base
-    network's arguments the new class also takes (``in_channels``, ``channels``, ``depth``,
-    ``padding_mode``, ...), so e.g. the iUNet row has the U-Net's width and depth.
-    """
-    out = copy.deepcopy(dict(config))
-    new_class = overrides.get(f"{NETWORK}.class_path")
-    if new_class is not None and new_class != get_dotted(out, f"{NETWORK}.class_path"):
-        accepted = _class_parameters(new_class)
-        args = get_dotted(out, f"{NETWORK}.init_args") or {}
-        kept = {k: v for k, v in args.items() if accepted is None or k in accepted}
-        set_dotted(out, NETWORK, {"class_path": new_class, "init_args": kept})
-    for key, value in overrides.items():
-        if key == f"{NETWORK}.class_path":
-            continue
-        if value is None and key.endswith("sampling_kwargs"):
-            parent, _, leaf = key.rpartition(".")
-            node = get_dotted(out, parent)
-            if isinstance(node, dict):
-                node.pop(leaf, None)
-            continue
-        set_dotted(out, key, value)
-    return out
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """``{"a.b.c": value}`` for every leaf of a nested dict (lists are leaves)."""
-    flat: Dict[str, Any] = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, path + "."))
-        else:
-            flat[path] = value
-    return flat
