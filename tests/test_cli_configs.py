@@ -22,7 +22,7 @@ _spec.loader.exec_module(generate)
 ALL = sorted(CONFIGS.glob("*/*.yaml"))
 SYNTHETIC = sorted(p.stem for p in (CONFIGS / "synthetic").glob("*.yaml"))
 # exactly shift-equivariant with circular padding (eval mode): APS and LPS; the others are not
-EQUIVARIANT = {"aps", "aps3", "lps"}
+EQUIVARIANT = {"aps", "aps-3", "lps"}
 
 
 def _strategy_available(name: str) -> bool:
@@ -37,7 +37,7 @@ def test_configs_are_generated_and_in_sync():
     for path, text in expected.items():
         assert path.read_text() == text, f"{path} is stale: run python experiments/configs/generate.py"
     assert len(ALL) == 18 and {p.parent.name for p in ALL} == {"synthetic", "fastmri", "lodopab"}
-    assert SYNTHETIC == sorted(["maxpool", "blur3", "aps", "aps3", "lps", "orthogonal"])
+    assert SYNTHETIC == sorted(["maxpool", "lpf-3", "aps", "aps-3", "lps", "orthogonal"])
 
 
 def _load(dataset, strategy):
@@ -61,8 +61,8 @@ def test_paper_hyperparameters(strategy):
         # 64, 128, 256, 512, 1024 channels: 64 doubled over 4 downsamplings
         assert net["init_args"]["channels"] == 64 and net["init_args"]["depth"] == 4
         assert net["init_args"]["padding_mode"] == "circular"
-    expected = {"maxpool": ("maxpool", None), "blur3": ("blur", {"filter_size": 3}), "aps": ("aps", {"filter_size": 1}),
-                "aps3": ("aps", {"filter_size": 3}), "lps": ("lps", None), "orthogonal": ("orthogonal", None)}
+    expected = {"maxpool": ("maxpool", None), "lpf-3": ("blur", {"filter_size": 3}), "aps": ("aps", {"filter_size": 1}),
+                "aps-3": ("aps", {"filter_size": 3}), "lps": ("lps", None), "orthogonal": ("orthogonal", None)}
     sampling, kwargs = expected[strategy]
     args = _load("fastmri", strategy)["model"]["network"]["init_args"]
     assert args["sampling"] == sampling

@@ -10,7 +10,7 @@ import yaml
 from equinet.study.config import StudyError, apply_overrides, flatten, get_dotted, parse_overrides
 from equinet.study.plan import check_study, config_differences, load_study, resolve_folder, write_plan
 from equinet.study.run import device_count
-from equinet.study.variants import STUDY_VARIANTS, VARIANTS, available_variants, known_variants
+from equinet.study.variants import STUDY_VARIANTS, VARIANT_DESCRIPTIONS, VARIANTS, available_variants, known_variants
 
 RUN = {
     "seed_everything": 0,
@@ -47,6 +47,26 @@ def test_builtin_variants_cover_the_paper_and_equinet():
     ours = {"LPS", "orthogonal", "orthogonal-adaptive", "iUNet"}
     assert paper | ours <= set(STUDY_VARIANTS)
     assert set(available_variants()) == set(VARIANTS)  # every strategy is registered
+
+
+def test_one_strategy_table_names_the_configs_the_study_variants_and_their_descriptions():
+    """experiments/configs/<dataset>/<name>.yaml is VARIANTS[<Name>] (lower case), and so is the study row."""
+    from test_lightning_fixtures import REPO
+
+    by_file_name = {name.lower(): name for name in VARIANTS}
+    for dataset in ("synthetic", "fastmri", "lodopab"):
+        stems = sorted(p.stem for p in (REPO / "experiments" / "configs" / dataset).glob("*.yaml"))
+        assert len(stems) == 6 and set(stems) <= set(by_file_name), (dataset, stems)
+        for stem in stems:
+            strategy = VARIANTS[by_file_name[stem]]
+            args = yaml.safe_load((REPO / "experiments" / "configs" / dataset / f"{stem}.yaml").read_text())
+            args = args["model"]["network"]["init_args"]
+            assert (args["sampling"], args.get("sampling_kwargs") or {}) == tuple(strategy), stem
+    net = "model.network.init_args"
+    for name, (sampling, options) in VARIANTS.items():
+        row = STUDY_VARIANTS["baseline" if name == "maxpool" else name]
+        assert (row[f"{net}.sampling"], row[f"{net}.sampling_kwargs"] or {}) == (sampling, options), name
+    assert list(VARIANT_DESCRIPTIONS) == list(STUDY_VARIANTS) and all(VARIANT_DESCRIPTIONS.values())
 
 
 def test_variant_overrides_change_only_what_the_name_says():

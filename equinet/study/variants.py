@@ -1,42 +1,53 @@
 """The variants a study compares: named overrides of one run config (the dotted-key helpers are in
 :mod:`equinet.study.config`).
 
-``VARIANTS`` is the strategy table (display name -> sampling strategy and its options) that the
-random-init table and the benchmarks use. A *study variant* is a set of dotted-key overrides of
-the study's run config (an ordinary ``equinet fit`` config, whose network is the baseline's),
-e.g. ``{"model.network.init_args.sampling": "aps"}``. ``STUDY_VARIANTS`` holds the APS-U
-paper's rows (``baseline``, ``baseline+DA``, ``LPF-j``, ``APS``, ``APS-j``) plus equinet's
-(``LPS``, ``orthogonal``, ``orthogonal-adaptive``, ``iUNet``, ...); a study config may define
-more under ``define:`` with the same kind of overrides.
+``VARIANTS`` is *the* strategy table: display name -> sampling strategy (registry name) and its
+options, with one line on what it is. Every other list of strategies follows from it, in its
+spelling (``APS-3``, ``LPF-3``): the study variants, ``equinet equivariance --variants``,
+``equinet study variants``, the benchmarks, and ``experiments/configs/<dataset>/<name>.yaml``
+(the name in lower case: ``aps-3.yaml``).
+
+A *study variant* is a set of dotted-key overrides of the study's run config (an ordinary
+``equinet fit`` config, whose network is the baseline's), e.g.
+``{"model.network.init_args.sampling": "aps"}``. ``STUDY_VARIANTS`` holds the APS-U paper's rows
+(``baseline``, ``baseline+DA``, ``LPF-j``, ``APS``, ``APS-j``) plus equinet's (``LPS``,
+``orthogonal``, ``orthogonal-adaptive``, ``iUNet``, ...); a study config may define more under
+``define:`` with the same kind of overrides.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
 from equinet.sampling import list_strategies
 from equinet.study.config import INPUT, NETWORK
 
-# Display name -> (registry name, options): the U-Net down/upsampling variants the papers compare.
-VARIANTS: Dict[str, Tuple[str, dict]] = {
-    "maxpool": ("maxpool", {}),
-    "maxpool+bilinear": ("maxpool", {"up": "bilinear"}),
-    "maxpool+nearest": ("maxpool", {"up": "nearest"}),
-    "maxpool+unpool": ("maxpool", {"up": "unpool"}),
-    "avgpool": ("avgpool", {}),
-    "strided_conv": ("strided_conv", {}),
-    "LPF-2": ("blur", {"filter_size": 2}),
-    "LPF-3": ("blur", {"filter_size": 3}),
-    "LPF-5": ("blur", {"filter_size": 5}),
-    "APS": ("aps", {"filter_size": 1}),
-    "APS-2": ("aps", {"filter_size": 2}),
-    "APS-3": ("aps", {"filter_size": 3}),
-    "APS-5": ("aps", {"filter_size": 5}),
-    "LPS": ("lps", {}),
-    "orthogonal": ("orthogonal", {}),
-    "orthogonal-adaptive": ("orthogonal", {"adaptive": True}),
-}
+
+class Strategy(NamedTuple):
+    """A U-Net down/upsampling strategy: ``UNet(sampling=sampling, sampling_kwargs=options)``."""
+
+    sampling: str
+    options: Dict[str, Any]
+
+
+# name, registry name, options, what it is: the U-Net down/upsampling variants the papers compare
+_TABLE = (
+    ("maxpool", "maxpool", {}, "max-pool down, transposed conv up"),
+    ("maxpool+bilinear", "maxpool", {"up": "bilinear"}, "max-pool down, bilinear resize + 1x1 conv up"),
+    ("maxpool+nearest", "maxpool", {"up": "nearest"}, "max-pool down, nearest resize + 1x1 conv up"),
+    ("maxpool+unpool", "maxpool", {"up": "unpool"}, "max-pool down, max-unpooling up"),
+    ("avgpool", "avgpool", {}, "average-pool down, transposed conv up"),
+    ("strided_conv", "strided_conv", {}, "strided conv down, transposed conv up"),
+    *((f"LPF-{j}", "blur", {"filter_size": j}, f"max-pool + {j}x{j} blur down, transposed conv + blur up")
+      for j in (2, 3, 5)),
+    ("APS", "aps", {"filter_size": 1}, "adaptive polyphase down/up (APS-D/APS-U)"),
+    *((f"APS-{j}", "aps", {"filter_size": j}, f"APS with {j}x{j} blur") for j in (2, 3, 5)),
+    ("LPS", "lps", {}, "learnable polyphase down/up"),
+    ("orthogonal", "orthogonal", {}, "learnable orthogonal (invertible) down/up"),
+    ("orthogonal-adaptive", "orthogonal", {"adaptive": True}, "orthogonal down/up on an adaptively chosen grid"),
+)
+VARIANTS: Dict[str, Strategy] = {name: Strategy(sampling, options) for name, sampling, options, _ in _TABLE}
 
 
 def available_variants() -> List[str]:
@@ -62,43 +73,25 @@ def unet_overrides(variant: str) -> Overrides:
     }
 
 
-def _builtin() -> Dict[str, Overrides]:
-    table: Dict[str, Overrides] = {
-        "baseline": unet_overrides("maxpool"),
-        "baseline+DA": {**unet_overrides("maxpool"), "model.shift_augmentation": DA_SHIFT},
-    }
-    table.update({name: unet_overrides(name) for name in VARIANTS if name != "maxpool"})
-    iunet = {
-        f"{NETWORK}.class_path": LIFTED_IUNET,
-        f"{NETWORK}.init_args.architecture": 2,
-        f"{NETWORK}.init_args.verbose": 0,
-    }
-    table["iUNet"] = {**iunet, f"{NETWORK}.init_args.adaptive_resampling": False}
-    table["iUNet-adaptive"] = {**iunet, f"{NETWORK}.init_args.adaptive_resampling": True}
-    return table
-
-
-# Study variant -> overrides of the run config. ``baseline`` is the APS-U paper's U-Net (max-pool
-# down, transposed convolution up); every other row changes only what its name says.
-STUDY_VARIANTS: Dict[str, Overrides] = _builtin()
-
-VARIANT_DESCRIPTIONS: Dict[str, str] = {
-    "baseline": "max-pool down, transposed conv up",
-    "baseline+DA": f"baseline trained with random circular shifts in [-{DA_SHIFT}, {DA_SHIFT}]^2",
-    "maxpool+bilinear": "max-pool down, bilinear resize + 1x1 conv up",
-    "maxpool+nearest": "max-pool down, nearest resize + 1x1 conv up",
-    "maxpool+unpool": "max-pool down, max-unpooling up",
-    "avgpool": "average-pool down, transposed conv up",
-    "strided_conv": "strided conv down, transposed conv up",
-    "APS": "adaptive polyphase down/up (APS-D/APS-U)",
-    "LPS": "learnable polyphase down/up",
-    "orthogonal": "learnable orthogonal (invertible) down/up",
-    "orthogonal-adaptive": "orthogonal down/up on an adaptively chosen grid",
-    "iUNet": "fully invertible U-Net (orthogonal resampling)",
-    "iUNet-adaptive": "fully invertible U-Net, adaptive grid",
-    **{f"LPF-{j}": f"max-pool + {j}x{j} blur down, transposed conv + blur up" for j in (2, 3, 5)},
-    **{f"APS-{j}": f"APS with {j}x{j} blur" for j in (2, 3, 5)},
+_IUNET = {
+    f"{NETWORK}.class_path": LIFTED_IUNET,
+    f"{NETWORK}.init_args.architecture": 2,
+    f"{NETWORK}.init_args.verbose": 0,
 }
+# study variant, overrides of the run config, what it is. ``baseline`` is the APS-U paper's U-Net
+# (max-pool down, transposed convolution up); every other row changes only what its name says.
+_STUDY_TABLE = (
+    ("baseline", unet_overrides("maxpool"), "max-pool down, transposed conv up"),
+    ("baseline+DA", {**unet_overrides("maxpool"), "model.shift_augmentation": DA_SHIFT},
+     f"baseline trained with random circular shifts in [-{DA_SHIFT}, {DA_SHIFT}]^2"),
+    *((name, unet_overrides(name), what) for name, _, _, what in _TABLE if name != "maxpool"),
+    ("iUNet", {**_IUNET, f"{NETWORK}.init_args.adaptive_resampling": False},
+     "fully invertible U-Net (orthogonal resampling)"),
+    ("iUNet-adaptive", {**_IUNET, f"{NETWORK}.init_args.adaptive_resampling": True},
+     "fully invertible U-Net, adaptive grid"),
+)
+STUDY_VARIANTS: Dict[str, Overrides] = {name: overrides for name, overrides, _ in _STUDY_TABLE}
+VARIANT_DESCRIPTIONS: Dict[str, str] = {name: what for name, _, what in _STUDY_TABLE}
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
 

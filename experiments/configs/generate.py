@@ -1,5 +1,5 @@
 """Write ``experiments/configs/<dataset>/<strategy>.yaml`` (and ``experiments/study/<name>.yaml``)
-from the tables below.
+from the tables below and the strategy table ``equinet.study.variants.VARIANTS``.
 
 Every config is a complete, self-contained file a user can read and pass alone
 (``equinet fit --config experiments/configs/fastmri/aps.yaml``); the shared parts live here
@@ -22,16 +22,16 @@ from typing import Any, Dict
 import yaml
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # run as a script from a checkout
+from equinet.study.variants import VARIANTS  # noqa: E402  (the one strategy table)
 
-# strategy name -> UNet(sampling=..., sampling_kwargs=...)
+# the strategies that get a config per dataset, named as in VARIANTS; the file is the name in
+# lower case (experiments/configs/fastmri/aps-3.yaml is VARIANTS["APS-3"])
+CONFIG_STRATEGIES = ("maxpool", "LPF-3", "APS", "APS-3", "LPS", "orthogonal")
+# config name -> UNet(sampling=..., sampling_kwargs=...)
 STRATEGIES: Dict[str, Dict[str, Any]] = {
-    "maxpool": {"sampling": "maxpool", "sampling_kwargs": None},
-    "blur3": {"sampling": "blur", "sampling_kwargs": {"filter_size": 3}},
-    "aps": {"sampling": "aps", "sampling_kwargs": {"filter_size": 1}},
-    "aps3": {"sampling": "aps", "sampling_kwargs": {"filter_size": 3}},
-    "lps": {"sampling": "lps", "sampling_kwargs": None},
-    "orthogonal": {"sampling": "orthogonal",
-                   "sampling_kwargs": {"method": "cayley", "init": "haar", "learnable": True}},
+    name.lower(): {"sampling": VARIANTS[name].sampling, "sampling_kwargs": dict(VARIANTS[name].options) or None}
+    for name in CONFIG_STRATEGIES
 }
 
 # dataset -> what differs between datasets (the paper's hyper-parameters for the real ones)
