@@ -99,6 +99,15 @@ def test_two_variant_study_writes_tables_figures_and_run_folders_and_reads_them_
     pd = next(v for v in volumes if v["group"] == "PD")
     assert float(aps["psnr_pd"]) == pytest.approx(float(pd["psnr"]), rel=1e-12)
     assert float(aps["psnr"]) == pytest.approx(np.mean([float(v["psnr"]) for v in volumes]), rel=1e-12)
+    # the worst |dPSNR| per volume (the reference code's convention): the mean over volumes, beside
+    # the per image one (the max over images)
+    with open(folder / "runs" / "baseline" / "test_volumes.csv") as f:
+        per_volume = [float(v["worst_dpsnr_volume"]) for v in csv.DictReader(f)]
+    with open(folder / "runs" / "baseline" / "test_images.csv") as f:
+        per_image = [float(v["worst_dpsnr_image"]) for v in csv.DictReader(f)]
+    assert float(base["worst_dpsnr_volume"]) == pytest.approx(np.mean(per_volume), rel=1e-12) and max(per_volume) > 0
+    assert float(base["worst_dpsnr"]) == max(per_image) and float(aps["worst_dpsnr_volume"]) <= 1e-4
+    assert inp["worst_dpsnr_volume"] == "" and inp["worst_dpsnr"] == ""
 
     md = (folder / "results.md").read_text()
     for heading in (
@@ -111,6 +120,8 @@ def test_two_variant_study_writes_tables_figures_and_run_folders_and_reads_them_
         "## Columns",
         "- dataset: FastMRIDataModule",
         "- seed: 0",
+        "| variant | per image, max over images (dB) | per volume, mean over volumes (dB) |",
+        "- `worst_dpsnr_volume`: ",
     ):
         assert heading in md
     figures = sorted(p.name for p in (folder / "figures").iterdir())

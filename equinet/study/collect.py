@@ -134,7 +134,7 @@ def results_markdown(
     shifts = get_dotted(study_config, "run.equivariance.num_dpsnr_shifts", 10)
     lines += [
         "",
-        f"## Worst-case shift: largest |dPSNR| over {shifts} random shifts per image (Table 2)",
+        f"## Worst-case shift: largest |dPSNR| over {shifts} random shifts (Table 2)",
         "",
         column_table(trained, "worst"),
     ]
