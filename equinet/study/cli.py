@@ -3,6 +3,7 @@
     equinet study --config experiments/study/demo.yaml               # run (or continue) the study
     equinet study --config experiments/study/fastmri.yaml --data.root /data/knee --trainer.devices 4
     equinet study --config ... --dir outputs/study/knee --only APS-3   # one variant (SLURM task, sweep agent)
+    equinet study --config experiments/study/demo.yaml --workers 1    # one variant after another, here
     equinet study collect outputs/study/knee                           # tables + figures from the runs there
     equinet study variants                                             # the built-in variants
 
@@ -25,7 +26,7 @@ import torch
 from equinet.lightning.runs import point_latest
 from equinet.study.config import StudyError
 from equinet.study.plan import check_study, load_study, resolve_folder
-from equinet.study.run import LAUNCHERS, Launcher, StudyRunner
+from equinet.study.run import LAUNCHERS, Launcher, StudyRunner, plan_workers
 from equinet.study.variants import STUDY_VARIANTS, VARIANT_DESCRIPTIONS
 
 
@@ -60,8 +61,26 @@ def _parser() -> argparse.ArgumentParser:
         help="run fit/test in this process or one process per run (auto: subprocess when a run "
         "uses more than one device or node, because DDP re-executes the command per rank)",
     )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N|auto",
+        help="variants run side by side in N worker processes, each writing its output to "
+        "<dir>/logs/<variant>.log (auto: one per GPU; on a CPU cores // threads, where threads is "
+        "the study's `threads` or cores // runs, so workers x threads = cores). The threads per run "
+        "never depend on N: the results are the same for any N. 1: one after another, in this process",
+    )
     parser.add_argument("--no-collect", action="store_true", help="skip tables and figures at the end")
     return parser
+
+
+def _workers(text: str) -> Optional[int]:
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'auto', got {text!r}")
+    return int(text)
 
 
 def run_study(argv: List[str], log=lambda line: print(line, flush=True)) -> Path:
@@ -70,19 +89,17 @@ def run_study(argv: List[str], log=lambda line: print(line, flush=True)) -> Path
     study = load_study(args.config, overrides)
     selected = check_study(study, args.only)
     folder, continued = resolve_folder(study, args.dir, args.output, args.new)
-    threads = study.config.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    launcher = Launcher(args.launcher, threads)
-    mode = launcher.resolve(study.run)
+    launcher = Launcher(args.launcher, study.config.get("threads"))
+    runner = StudyRunner(study, folder, launcher, log=log)
+    placement = plan_workers(study, launcher, args.workers, runnable=len(runner.pending(selected)))
+    launcher.threads = placement.threads
+    torch.set_num_threads(placement.threads)  # the runs made in this process
     log(
         f"study {study.name!r}: {len(selected)} variant(s) + the input row -> {folder}"
-        f"{' (continuing)' if continued else ''}; "
-        f"runs {'in this process' if mode == 'inprocess' else 'as subprocesses'}"
-        f", {torch.get_num_threads()} torch thread(s)"
+        f"{' (continuing)' if continued else ''}; runs {placement.where}, "
+        f"{placement.threads} torch thread(s) each"
     )
-    runner = StudyRunner(study, folder, launcher, log=log)
-    runner.run(selected)
+    runner.run(selected, placement)
     if runner.rank_zero:
         if args.dir is None:
             point_latest(folder.parent, folder)  # <output>/latest

@@ -22,6 +22,9 @@ import os
 import subprocess
 import sys
 import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -322,41 +325,91 @@ class StudyRunner:
         return result
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, variants: Sequence[str]) -> List[str]:
-        """Run ``variants`` (plus the input row) with progress lines; returns those run now."""
+    def pending(self, variants: Sequence[str]) -> List[str]:
+        """The input row and ``variants`` that have not finished yet, in study order."""
+        return [v for v in [INPUT] + [v for v in variants if v != INPUT] if not self.finished(v)]
+
+    def run(self, variants: Sequence[str], placement: Optional["Placement"] = None) -> List[str]:
+        """Run ``variants`` (plus the input row) with one line per start and finish; returns those
+        run now. ``placement``: how many worker processes run side by side (default: one, here)."""
+        placement = placement or Placement(1, None, [None])
         if self.rank_zero:
             write_plan(self.study, self.layout.study_dir)
         todo = [INPUT] + [v for v in variants if v != INPUT]
-        n = len(todo)
-        spent: List[float] = []
-        ran: List[str] = []
-        study_start = time.perf_counter()
-        for i, variant in enumerate(todo, 1):
-            tag = f"[{i}/{n}] {variant}"
+        tags = {v: f"[{i}/{len(todo)}] {v}" for i, v in enumerate(todo, 1)}
+        pending = []
+        for variant in todo:
             if self.finished(variant):
-                self.log(f"{tag}: finished earlier, results read back from {self.layout.folder(variant)}")
-                continue
-            left = sum(1 for v in todo[i - 1 :] if v != INPUT and not self.finished(v))
-            eta = (
-                f"; ETA for the rest of the study ~{_minutes(np.mean(spent) * left)}"
-                if spent and left
-                else ""
-            )
-            self.log(f"{tag}: starting{eta}")
-            start = time.perf_counter()
-            self.run_variant(variant)
-            seconds = time.perf_counter() - start
-            if variant != INPUT:
-                spent.append(seconds)
-            ran.append(variant)
-            left = sum(1 for v in todo[i:] if v != INPUT and not self.finished(v))
-            eta = f"; ~{_minutes(np.mean(spent) * left)} left for {left} more" if left and spent else ""
-            self.log(f"{tag}: finished in {_minutes(seconds)}{self._headline(variant)}{eta}")
+                self.log(f"{tags[variant]}: finished earlier, results read back from {self.layout.folder(variant)}")
+            else:
+                pending.append(variant)
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        progress = _Progress(self, tags, pending, placement.workers)
+        if placement.workers > 1 and len(pending) > 1:
+            self._run_workers(pending, placement, progress)
+        else:
+            for variant in pending:
+                progress.start(variant)
+                start = time.perf_counter()
+                self.run_variant(variant)
+                progress.finish(variant, time.perf_counter() - start)
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        cores = usable_cores()
         self.log(
-            f"study: {len(ran)} run(s) in {_minutes(time.perf_counter() - study_start)} -> "
-            f"{self.layout.study_dir}"
+            f"study time: {_minutes(wall)} wall, {_minutes(cpu)} CPU on {cores} core{'s' * (cores > 1)}: "
+            f"CPU / wall = {cpu / wall if wall > 0 else 0.0:.2f} ({len(progress.ran)} run(s), "
+            f"{min(placement.workers, max(1, len(pending)))} worker(s)) -> {self.layout.study_dir}"
         )
-        return ran
+        return progress.ran
+
+    def _run_workers(self, pending: List[str], placement: "Placement", progress: "_Progress") -> None:
+        """Run ``pending`` in ``placement.workers`` worker processes (spawned: CUDA-safe), at most
+        one variant per worker at a time; each worker's output goes to ``logs/<variant>.log``."""
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        prepare_data(self.study)  # generated data and caches: once, here, not by every worker at once
+        context = multiprocessing.get_context("spawn")
+        devices = context.Queue()
+        for device in placement.devices:
+            devices.put(device)
+        logs = self.layout.log(INPUT).parent
+        todo, running, failed = list(pending), {}, []
+        with ProcessPoolExecutor(
+            placement.workers,
+            mp_context=context,
+            initializer=_worker_start,
+            initargs=(devices, placement.threads, str(logs)),
+        ) as pool:
+            while todo or running:
+                while todo and len(running) < placement.workers and not failed:
+                    variant = todo.pop(0)
+                    progress.start(variant, f"log: {self.layout.log(variant)}")
+                    future = pool.submit(
+                        _worker_run, self.study, str(self.layout.study_dir), self.launcher.mode,
+                        placement.threads, variant,
+                    )
+                    running[future] = variant
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    variant = running.pop(future)
+                    try:
+                        seconds, cpu = future.result()
+                    except BrokenProcessPool:
+                        failed.append(f"{variant}: its worker process died (killed? out of memory?)")
+                        todo = []
+                    except Exception as err:  # noqa: BLE001 -- reported with the variant's log below
+                        failed.append(f"{variant}: {err}")
+                    else:
+                        progress.finish(variant, seconds, cpu)
+                        continue
+                    self.log(f"{progress.tags[variant]}: FAILED; its output: {self.layout.log(variant)}")
+        if failed:
+            raise StudyError(
+                "study stopped: " + "; ".join(failed) + f". Outputs in {logs}; the same command "
+                "continues the study (finished variants are kept, an interrupted training resumes)."
+            )
 
     def _headline(self, variant: str) -> str:
         try:
@@ -369,3 +422,204 @@ class StudyRunner:
         if variant != INPUT and row.get("eq_nmse") is not None:
             parts.append(f"eq. NMSE {row['eq_nmse']:.2e}")
         return " (" + ", ".join(parts) + ")" if parts else ""
+
+
+class _Progress:
+    """The study's progress lines: one per variant start and finish, with times and an estimate."""
+
+    def __init__(self, runner: StudyRunner, tags: Mapping[str, str], pending: Sequence[str], workers: int) -> None:
+        self.runner, self.tags, self.left, self.workers = runner, tags, list(pending), max(1, workers)
+        self.spent: List[float] = []
+        self.ran: List[str] = []
+
+    def _eta(self, prefix: str) -> str:
+        trained = [v for v in self.left if v != INPUT]
+        if not (self.spent and trained):
+            return ""
+        rest = np.mean(self.spent) * len(trained) / min(self.workers, len(trained))
+        return f"; {prefix} ~{_minutes(rest)} for {len(trained)} more"
+
+    def start(self, variant: str, where: str = "") -> None:
+        self.runner.log(f"{self.tags[variant]}: starting{f' ({where})' if where else ''}{self._eta('ETA')}")
+
+    def finish(self, variant: str, seconds: float, cpu: Optional[float] = None) -> None:
+        self.left.remove(variant)
+        self.ran.append(variant)
+        if variant != INPUT:
+            self.spent.append(seconds)
+        cpu_text = f", {_minutes(cpu)} CPU" if cpu is not None else ""
+        self.runner.log(
+            f"{self.tags[variant]}: finished in {_minutes(seconds)}{cpu_text}{self.runner._headline(variant)}"
+            f"{self._eta('then')}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# workers: variants side by side (CPU cores or one GPU each)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Placement:
+    """How a study's runs share the machine: ``workers`` processes side by side, ``threads``
+    torch CPU threads per run (``None``: torch's default), ``devices[i]`` the CUDA device that
+    worker ``i`` sees (``CUDA_VISIBLE_DEVICES``; ``None``: unchanged)."""
+
+    workers: int
+    threads: Optional[int]
+    devices: List[Optional[str]]
+    where: str = "in this process"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under SLURM or taskset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cuda_devices(run_config: Mapping[str, Any]) -> List[str]:
+    """The CUDA devices a run of ``run_config`` may use (ids as ``CUDA_VISIBLE_DEVICES`` names them)."""
+    if str(get_dotted(run_config, "trainer.accelerator", "auto")) == "cpu" or not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [d.strip() for d in visible.split(",") if d.strip()] if visible else []
+    return [names[i] if i < len(names) else str(i) for i in range(torch.cuda.device_count())]
+
+
+def distributed(env: Mapping[str, str]) -> bool:
+    """Whether this study process is one rank of several (torchrun, srun): its runs join the others."""
+    world = [env.get("WORLD_SIZE"), env.get("SLURM_NTASKS") if "SLURM_PROCID" in env else None]
+    return any(str(w).isdigit() and int(w) > 1 for w in world)
+
+
+def plan_workers(
+    study: Study,
+    launcher: Launcher,
+    requested: Optional[int] = None,
+    runnable: Optional[int] = None,
+    cores: Optional[int] = None,
+    gpus: Optional[Sequence[str]] = None,
+) -> Placement:
+    """How many variants run side by side, and with how many threads each.
+
+    On GPUs one worker per device (each sees only its own); on a CPU as many workers as cores
+    allow, ``workers x threads = cores``. The threads per run are the study's ``threads``, or
+    (``null``) ``cores // min(cores, runs of the study)``: a function of the study and the machine
+    only, never of ``--workers`` or of what is left to run, so a study's numbers do not depend on
+    how many workers ran it (a CPU's kernels round differently with another thread count). Runs
+    that each use several devices (DDP) or a study started on several ranks run one at a time.
+    ``runnable``: how many runs are left (no more workers than that).
+    """
+    cores = usable_cores() if cores is None else int(cores)
+    gpus = list(cuda_devices(study.run) if gpus is None else gpus)
+    runs = 1 + len(study.variants)  # the input row is a run too
+    slots = len(gpus) or cores
+    threads = study.config.get("threads") or max(1, cores // min(slots, runs))
+    if requested is not None and requested < 1:
+        raise StudyError(f"--workers must be >= 1 (or auto), got {requested}")
+    alone = "in this process" if launcher.resolve(study.run) == "inprocess" else "as subprocesses"
+    if device_count(study.run.get("trainer") or {}) > 1 or distributed(os.environ):
+        if requested and requested > 1:
+            raise StudyError(
+                f"--workers {requested}: these runs use several devices or processes each (DDP, or a "
+                "study on several ranks), so they run one after another; use --workers 1, or give "
+                "each run one device (--trainer.devices 1) to run them side by side"
+            )
+        return Placement(1, threads, [None], alone)
+    if requested is None:
+        requested = len(gpus) if gpus else max(1, cores // threads)
+    workers = max(1, min(requested, runs if runnable is None else max(1, runnable)))
+    if workers == 1:
+        return Placement(1, threads, [None], alone)
+    if not gpus:
+        return Placement(workers, threads, [None] * workers, f"in {workers} worker processes side by side")
+    where = "one GPU each" if len(gpus) >= workers else f"sharing {len(gpus)} GPU(s)"
+    return Placement(
+        workers, threads, [gpus[i % len(gpus)] for i in range(workers)], f"in {workers} worker processes, {where}"
+    )
+
+
+def prepare_data(study: Study) -> None:
+    """What Lightning's ``prepare_data`` does on one process (generated data, caches), for the
+    study's data and OOD data, before workers that would each do it at once."""
+    for spec in (study.run["data"], study.ood_data() if study.ood else None):
+        if spec is not None:
+            instantiate(spec).prepare_data()
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (workers, subprocess runs)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix: this process only
+        return time.process_time()
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@contextmanager
+def output_to(path: Path):
+    """This process's stdout and stderr (file descriptors 1 and 2, so also what C code and
+    subprocesses write) appended to ``path`` while inside."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "a") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield
+            sys.stdout.flush()
+            sys.stderr.flush()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+_WORKER: Dict[str, Any] = {}  # per worker process: its device, threads and StudyRunner
+
+
+def _worker_start(devices, threads: Optional[int], logs: str) -> None:
+    """A worker's start: its one CUDA device (before CUDA starts), its threads, its own log."""
+    try:
+        device = devices.get(timeout=60)
+    except Exception:  # noqa: BLE001 -- more workers than devices listed: share the default
+        device = None
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(int(threads))
+    _WORKER.update(device=device, threads=torch.get_num_threads())
+    # what the worker prints between variants (import warnings, ...) stays off the study's console
+    path = Path(logs) / f"worker-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a")
+    os.dup2(f.fileno(), 1)
+    os.dup2(f.fileno(), 2)
+    _WORKER["log"] = f
+
+
+def _worker_run(study: Study, study_dir: str, mode: str, threads: Optional[int], variant: str):
+    """Run one variant in a worker process; returns its wall-clock and CPU seconds."""
+    runner = _WORKER.get("runner")
+    if runner is None or str(runner.layout.study_dir) != study_dir:
+        runner = _WORKER["runner"] = StudyRunner(study, Path(study_dir), Launcher(mode, threads), log=print)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    with output_to(runner.layout.log(variant)):
+        device = _WORKER.get("device")
+        print(
+            f"# equinet study worker pid {os.getpid()}, {_WORKER.get('threads')} torch thread(s)"
+            f"{f', CUDA device {device}' if device is not None else ''}: {variant}, started "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}",
+            flush=True,
+        )
+        try:
+            runner.run_variant(variant)
+        except BaseException as err:  # noqa: BLE001 -- the traceback goes to the variant's log
+            traceback.print_exc()
+            raise StudyError(f"{type(err).__name__}: {str(err).strip() or 'failed'}") from None
+    return time.perf_counter() - start, cpu_seconds() - cpu
