@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 
 from equinet.lightning import EquivarianceEvaluation, ReconstructionModule
 from equinet.lightning.evaluation import (
-    circular_shift_per_sample,
     dpsnr_shifts,
     gather_unique,
     slice_records,
@@ -91,14 +90,14 @@ def test_circular_shift_per_sample_equals_torch_roll(b, c, h, w, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
     shifts = torch.randint(-20, 21, (b, 2), generator=g)
-    got = circular_shift_per_sample(x, shifts)
+    got = circular_shift(x, shifts)  # (B, d) shifts: one per sample
     for i in range(b):
         assert torch.equal(got[i], torch.roll(x[i], tuple(shifts[i].tolist()), dims=(-2, -1)))
 
 
 def test_circular_shift_per_sample_rejects_bad_shifts():
     with pytest.raises(ValueError, match="shifts must be"):
-        circular_shift_per_sample(torch.zeros(2, 1, 4, 4), torch.zeros(3, 2, dtype=torch.long))
+        circular_shift(torch.zeros(2, 1, 4, 4), torch.zeros(3, 2, dtype=torch.long))
 
 
 def test_seeded_shifts_depend_on_key_only():

@@ -18,30 +18,26 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
-from equinet.data.types import ReconSample
 from equinet.files import atomic_write
+from equinet.lightning.batch import as_batch
 from equinet.lightning.evaluation import (
+    SliceRecords,
     batch_keys,
-    circular_shift_per_sample,
     denormalise,
-    dpsnr_shifts,
     gather_unique,
-    slice_records,
+    per_sample,
     summarise,
     volume_metrics,
-    volume_shift,
 )
-from equinet.metrics import dpsnr_from_sse
-
-
-def _batch(batch: Any) -> ReconSample:
-    if isinstance(batch, ReconSample):
-        return batch
-    if isinstance(batch, (tuple, list)) and len(batch) == len(ReconSample._fields):
-        return ReconSample(*batch)
-    if isinstance(batch, dict):
-        return ReconSample(**batch)
-    raise TypeError(f"expected a ReconSample batch (fields {ReconSample._fields}), got {type(batch).__name__}")
+from equinet.metrics import (
+    circular_shift,
+    dpsnr_shifts,
+    dpsnr_terms,
+    equivariance_terms,
+    to_device,
+    volume_shift,
+    worst_dpsnr_from_terms,
+)
 
 
 class EquivarianceEvaluation(Callback):
@@ -69,55 +65,48 @@ class EquivarianceEvaluation(Callback):
         self.max_shift = int(max_shift)
         self.num_dpsnr_shifts = int(num_dpsnr_shifts)
         self.seed = int(seed)
-        self._records: List[Dict[str, Any]] = []
+        self._records = SliceRecords()
         self.volumes: List[Dict[str, Any]] = []
         self.images: List[Dict[str, Any]] = []
         self.duplicates = 0
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._records = []
+        self._records.clear()
+
+    def shifts(self, fnames: List[str], device: torch.device) -> torch.Tensor:
+        """The equivariance shift ``k`` of each image's volume, ``(B, 2)`` on ``device``."""
+        return to_device(torch.stack([volume_shift(self.seed, f, self.max_shift) for f in fnames]), device)
 
     @torch.no_grad()
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                           batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        b = _batch(batch)
+        b = as_batch(batch)
         x = b.input
         n = x.shape[0]
-        keys = batch_keys(b.fname, b.slice_num, n)
+        fnames = [b.fname] * n if isinstance(b.fname, str) else list(b.fname)
         output = outputs["output"] if isinstance(outputs, dict) and "output" in outputs else pl_module(x)
 
-        # equivariance: T_k G(x) vs G(T_k x), one k per volume
-        k = torch.stack([volume_shift(self.seed, f, self.max_shift) for f, _ in keys])
-        reference = denormalise(circular_shift_per_sample(output, k), b.mean, b.std)
-        shifted = denormalise(pl_module(circular_shift_per_sample(x, k)), b.mean, b.std)
-        records = slice_records(keys, reference, shifted, b.max_value, prefix="equivariance_")
-        for r, kk in zip(records, k.tolist()):
-            r["shift_h"], r["shift_w"] = kk
+        # equivariance: T_k G(x) vs G(T_k x), one k per volume (equinet.metrics: the one definition)
+        k = self.shifts(fnames, x.device)
+        terms = equivariance_terms(pl_module, x, k, b.max_value, output=output,
+                                   to_units=lambda t: denormalise(t, b.mean, b.std))
+        values = {"max_value": per_sample(b.max_value, x), "shift_h": k[:, 0], "shift_w": k[:, 1],
+                  **{f"equivariance_{name}": terms[name] for name in ("sse", "ref_sq", "numel", "ssim")}}
 
         # worst-case |dPSNR| over the volume's random shifts; the data range cancels in the
         # difference of two PSNRs, and squared errors in original units (normalised ones times
         # std^2) add up over a volume for the per-volume convention
         if self.num_dpsnr_shifts:
-            y = b.target
-            shifts = torch.stack([dpsnr_shifts(self.seed, f, self.num_dpsnr_shifts, self.max_shift)
-                                  for f, _ in keys])  # (B, n, 2)
-            scale = torch.as_tensor(b.std, dtype=torch.float64, device=x.device).reshape(-1) ** 2
-            base = ((output - y).to(torch.float64) ** 2).flatten(1).sum(dim=1) * scale
-            sse = []
-            for j in range(self.num_dpsnr_shifts):
-                kj = shifts[:, j]
-                out_j = pl_module(circular_shift_per_sample(x, kj))
-                err = (out_j - circular_shift_per_sample(y, kj)).to(torch.float64)
-                sse.append((err**2).flatten(1).sum(dim=1) * scale)
-            sse = torch.stack(sse, dim=1)  # (B, n)
-            worst = dpsnr_from_sse(base[:, None], sse).amax(dim=1)
-            for r, w, b0, s_j in zip(records, worst.cpu().tolist(), base.cpu().tolist(), sse.cpu().tolist()):
-                r.update(worst_dpsnr_image=w, dpsnr_base_sse=b0, dpsnr_sse=s_j)
-        self._records.extend(records)
+            shifts = to_device(torch.stack([dpsnr_shifts(self.seed, f, self.num_dpsnr_shifts, self.max_shift)
+                                            for f in fnames]), x.device)  # (B, n, 2)
+            scale = per_sample(b.std, x) ** 2
+            base, sse = dpsnr_terms(pl_module, x, b.target, shifts, output=output, scale=scale)
+            values.update(worst_dpsnr_image=worst_dpsnr_from_terms(base, sse), dpsnr_base_sse=base, dpsnr_sse=sse)
+        self._records.add(b.fname, b.slice_num, values)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         records, self.duplicates = gather_unique(self._records)
-        self._records = []
+        self._records.clear()
         self.volumes = volume_metrics(records)
         self.images = [{"fname": r["fname"], "slice_num": r["slice_num"], "shift": f"({r['shift_h']}, {r['shift_w']})",
                         "equivariance_ssim": r["equivariance_ssim"],
@@ -126,9 +115,12 @@ class EquivarianceEvaluation(Callback):
         for name, value in summarise(self.volumes, self.images).items():
             # identical on every rank after the gather: sync_dist only silences Lightning's DDP warning
             pl_module.log(f"test/{name}", value, sync_dist=True)
+        add_to_report = getattr(pl_module, "add_to_report", None)
+        if callable(add_to_report):  # the module writes one report of the evaluation (ReconstructionModule)
+            add_to_report(**self.report())
 
     def report(self) -> Dict[str, Any]:
-        """What the module merges into the test report: per-volume and per-image rows."""
+        """What this callback adds to the module's test report: per-volume and per-image rows, notes."""
         m = self.max_shift
         return {"volumes": self.volumes, "images": self.images, "meta": {
             "equivariance shifts": (f"one per volume in [-{m}, {m}]^2 (both ends included; the paper's "
@@ -217,13 +209,13 @@ class ReconstructionImageLogger(Callback):
         """Labelled composite uint8 images ``(label row + H, 5W + 8)`` with captions, one per sample.
 
         ``image[-H:]`` are the five tiles (2-pixel white gaps); ``image[:-H]`` is the label row."""
-        b = _batch(batch)
+        b = as_batch(batch)
         n = min(self.num_images, b.input.shape[0])
         x = b.input[:n]
         keys = batch_keys(b.fname, b.slice_num, b.input.shape[0])[:n]
         output = outputs["output"][:n] if isinstance(outputs, dict) and "output" in outputs else pl_module(x)
-        k = torch.stack([volume_shift(self.seed, f, self.max_shift) for f, _ in keys])
-        shift_diff = (pl_module(circular_shift_per_sample(x, k)) - circular_shift_per_sample(output, k)).abs()
+        k = to_device(torch.stack([volume_shift(self.seed, f, self.max_shift) for f, _ in keys]), x.device)
+        shift_diff = (pl_module(circular_shift(x, k)) - circular_shift(output, k)).abs()
         mean, std = b.mean, b.std
 
         def sel(v):

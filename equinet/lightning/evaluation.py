@@ -11,7 +11,6 @@ pads the last batch with repeated samples, which a plain ``sync_dist`` mean woul
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 from pathlib import Path
@@ -22,8 +21,15 @@ import torch
 import torch.distributed as dist
 
 from equinet.files import atomic_write_text
-from equinet.metrics import dpsnr_from_sse, random_shifts, ssim
-from equinet.sampling.adaptive import circular_shift_per_sample  # noqa: F401  (re-exported: T_k per sample)
+from equinet.metrics import (
+    dpsnr_from_sse,
+    dpsnr_shifts,  # noqa: F401  (the seeded shifts of a volume, re-exported for the callbacks)
+    metric_tensor,
+    nmse_from_terms,
+    psnr_from_terms,
+    slice_terms,
+    volume_shift,  # noqa: F401
+)
 
 Record = Dict[str, Any]
 
@@ -69,43 +75,78 @@ def slice_records(
 ) -> List[Record]:
     """One record per image: ``sse``, ``ref_sq`` (= ||target||^2), ``numel``, ``ssim``, ``max_value``.
 
-    ``target``/``output`` are ``(B, 1, H, W)`` in original units. The sums are float64, so a
-    volume's NMSE ``sum sse / sum ref_sq`` and PSNR ``10 log10(max^2 / (sum sse / sum numel))``
-    equal fastMRI's on the stacked volume; SSIM is fastMRI's (scikit-image, 7x7) per slice.
-    ``prefix`` namespaces the fields (``"equivariance_"`` for the shift metrics).
+    ``target``/``output`` are ``(B, 1, H, W)`` in original units. The terms are
+    :func:`equinet.metrics.slice_terms` (float64, on the tensors' device), so a volume's NMSE and
+    PSNR from their sums and its SSIM, the mean of the slices', equal fastMRI's on the stacked
+    volume. ``prefix`` namespaces the fields (``"equivariance_"`` for the shift metrics).
     """
-    t = target.detach().to(torch.float64).flatten(1)
-    o = output.detach().to(torch.float64).flatten(1)
-    sse = ((t - o) ** 2).sum(dim=1).cpu().numpy()
-    ref_sq = (t**2).sum(dim=1).cpu().numpy()
-    maxvals = [float(m) for m in _as_list(max_value, len(keys))]
-    t_img = target.detach().to(torch.float64).cpu().numpy()
-    o_img = output.detach().to(torch.float64).cpu().numpy()
-    records = []
-    for i, (fname, slice_num) in enumerate(keys):
-        gt, pred = t_img[i].reshape(-1, *t_img.shape[-2:]), o_img[i].reshape(-1, *o_img.shape[-2:])
-        slice_ssim = ssim(gt, pred, maxvals[i]) if min(gt.shape[-2:]) >= 7 else float("nan")
-        records.append({
-            "fname": fname,
-            "slice_num": slice_num,
-            "max_value": maxvals[i],
-            f"{prefix}sse": float(sse[i]),
-            f"{prefix}ref_sq": float(ref_sq[i]),
-            f"{prefix}numel": int(t.shape[1]),
-            f"{prefix}ssim": slice_ssim,
-        })
-    return records
+    recorder = SliceRecords()
+    recorder.add([f for f, _ in keys], [s for _, s in keys], slice_values(target, output, max_value, prefix))
+    return recorder.to_host()
+
+
+def slice_values(target: torch.Tensor, output: torch.Tensor, max_value: Any, prefix: str = "") -> Dict[str, Any]:
+    """The fields of :func:`slice_records` as device tensors ``(B,)`` (nothing read to the host)."""
+    terms = slice_terms(target, output, per_sample(max_value, target), with_ssim=target.dim() >= 4)
+    values: Dict[str, Any] = {"max_value": per_sample(max_value, target)}
+    values.update({f"{prefix}{k}": terms[k] for k in ("sse", "ref_sq", "numel", "ssim")})
+    return values
+
+
+def per_sample(value: Any, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or per-sample value as a float64 ``(B,)`` tensor on ``like``'s device."""
+    return metric_tensor(value, like.device).reshape(-1).expand(like.shape[0])
+
+
+class SliceRecords:
+    """Per-slice records of an epoch kept on the device and read to the host once, at its end.
+
+    :meth:`add` takes a batch's names, slice numbers and fields (device tensors ``(B,)`` or
+    ``(B, n)``, or plain values shared by the batch) without reading anything back, so an
+    evaluation step does no host sync; :meth:`to_host` makes the records (python numbers).
+    """
+
+    def __init__(self) -> None:
+        self._parts: List[Tuple[Any, Any, Dict[str, Any]]] = []
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def add(self, fname: Any, slice_num: Any, values: Mapping[str, Any]) -> None:
+        self._parts.append((fname, slice_num, dict(values)))
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Add fields to the batch added last."""
+        self._parts[-1][2].update(values)
+
+    def clear(self) -> None:
+        self._parts = []
+
+    def to_host(self) -> List[Record]:
+        records: List[Record] = []
+        for fname, slice_num, values in self._parts:
+            n = next((v.shape[0] for v in values.values() if isinstance(v, torch.Tensor) and v.dim()), None)
+            if n is None:
+                n = len(fname) if not isinstance(fname, str) else 1
+            keys = batch_keys(fname, slice_num, n)
+            host = {k: (v.detach().cpu().tolist() if isinstance(v, torch.Tensor) and v.dim() else [v] * n)
+                    for k, v in values.items()}
+            for i, (f, s) in enumerate(keys):
+                records.append({"fname": f, "slice_num": s, **{k: host[k][i] for k in host}})
+        return records
 
 
 # --------------------------------------------------------------------------------------------
 # gathering across ranks
 # --------------------------------------------------------------------------------------------
-def gather_unique(records: List[Record]) -> Tuple[List[Record], int]:
+def gather_unique(records: "List[Record] | SliceRecords") -> Tuple[List[Record], int]:
     """All ranks' records, one per ``(fname, slice_num)``, sorted; and how many duplicates were dropped.
 
     Under DDP this is a collective (every rank must call it); records are small (a few numbers per
     slice), so ``all_gather_object`` costs little next to the forward passes that produced them.
     """
+    if isinstance(records, SliceRecords):
+        records = records.to_host()
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         parts: List[Optional[List[Record]]] = [None] * dist.get_world_size()
         dist.all_gather_object(parts, records)
@@ -144,15 +185,14 @@ def volume_metrics(records: List[Record]) -> List[Record]:
         row: Record = {"fname": fname, "slices": len(rs), "max_value": max(r["max_value"] for r in rs)}
         if "sse" in rs[0]:
             sse = math.fsum(r["sse"] for r in rs)
-            row["nmse"] = sse / math.fsum(r["ref_sq"] for r in rs)
-            mse = sse / sum(r["numel"] for r in rs)
-            row["psnr"] = 10 * math.log10(row["max_value"] ** 2 / mse) if mse > 0 else float("inf")
+            row["nmse"] = nmse_from_terms(sse, math.fsum(r["ref_sq"] for r in rs))
+            row["psnr"] = psnr_from_terms(sse, sum(r["numel"] for r in rs), row["max_value"])
             row["ssim"] = float(np.mean([r["ssim"] for r in rs]))
             if "loss" in rs[0]:
                 row["loss"] = float(np.mean([r["loss"] for r in rs]))
         if "equivariance_sse" in rs[0]:
-            row["equivariance_nmse"] = math.fsum(r["equivariance_sse"] for r in rs) / math.fsum(
-                r["equivariance_ref_sq"] for r in rs)
+            row["equivariance_nmse"] = nmse_from_terms(math.fsum(r["equivariance_sse"] for r in rs),
+                                                       math.fsum(r["equivariance_ref_sq"] for r in rs))
             row["equivariance_ssim"] = float(np.mean([r["equivariance_ssim"] for r in rs]))
             row["shift"] = f"({rs[0]['shift_h']}, {rs[0]['shift_w']})"
         if "dpsnr_sse" in rs[0]:
@@ -202,30 +242,6 @@ def group_means(
             if vals:
                 out[f"{col}_{group.lower()}"] = float(np.mean(vals))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# seeded shifts, vectorised per-sample circular shifts
-# --------------------------------------------------------------------------------------------
-def _generator(*key: Any) -> torch.Generator:
-    digest = hashlib.sha256(":".join(str(k) for k in key).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
-def volume_shift(seed: int, fname: str, max_shift: int = 16, dim: int = 2) -> torch.Tensor:
-    """The one random shift in ``[-max_shift, max_shift]^dim`` of volume ``fname`` (seeded, (dim,)).
-
-    A function of ``(seed, fname)`` only, so the shift is the same whatever the batch size,
-    sample order or number of DDP ranks.
-    """
-    return random_shifts(1, dim, max_shift, _generator("volume", seed, fname))[0]
-
-
-def dpsnr_shifts(seed: int, fname: str, n: int, max_shift: int = 16, dim: int = 2) -> torch.Tensor:
-    """The ``n`` random shifts ``(n, dim)`` of the worst-case |dPSNR| of volume ``fname``, seeded by
-    ``(seed, fname)``. Every slice of the volume gets the same ``n`` shifts, so one set of forward
-    passes scores both conventions: each image over its ``n`` random shifts, and the volume."""
-    return random_shifts(n, dim, max_shift, _generator("dpsnr", seed, fname))
 
 
 # --------------------------------------------------------------------------------------------

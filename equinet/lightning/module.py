@@ -14,7 +14,7 @@ Optimiser and LR scheduler are typed callables, so YAML configs choose them::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -24,20 +24,19 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from equinet.data.types import ReconSample
-from equinet.lightning.callbacks import EquivarianceEvaluation, _batch, find_callback
-from equinet.metrics import random_shifts
+from equinet.lightning.batch import as_batch
 from equinet.lightning.evaluation import (
-    batch_keys,
-    circular_shift_per_sample,
+    SliceRecords,
     denormalise,
     gather_unique,
     group_means,
-    slice_records,
+    slice_values,
     summarise,
     volume_metrics,
     write_report,
 )
 from equinet.lightning.runs import report_name
+from equinet.metrics import circular_shift, random_shifts
 
 LOSSES = ("mse", "l1", "ssim")
 
@@ -64,8 +63,9 @@ class ReconstructionModule(pl.LightningModule):
             disables it.
         shift_augmentation: data augmentation by random circular shifts (the APS-U paper's
             "DA"): each training sample's input and target are rolled by the same shift, drawn
-            uniformly from ``[-shift_augmentation, shift_augmentation]^2`` (the paper: 16) with
-            the seeded torch RNG (checkpointed by :class:`~equinet.lightning.ResumableRNG`).
+            uniformly from ``[-shift_augmentation, shift_augmentation]^2`` (the paper: 16) by the
+            seeded torch RNG of the batch's device (drawn there, so the step does not wait on the
+            host; checkpointed per rank by :class:`~equinet.lightning.ResumableRNG`).
             Validation, test and predict inputs are never shifted. ``0`` (default) disables it.
         init_from: fine-tune from a fastMRI U-Net: a ``fastmri.pl_modules.UnetModule`` Lightning
             checkpoint or a ``fastmri.models.Unet`` state dict saved with ``torch.save`` (read with
@@ -128,7 +128,8 @@ class ReconstructionModule(pl.LightningModule):
             from fastmri.losses import SSIMLoss
 
             self.ssim_loss = SSIMLoss()
-        self._records: List[Dict[str, Any]] = []
+        self._records = SliceRecords()
+        self._contributions: List[Dict[str, Any]] = []
         self.evaluation: Dict[str, Any] = {}
         # suffix of the report names (`test-<tag>_summary.md`); the CLI sets it from --run.tag
         self.report_tag: Optional[str] = None
@@ -144,7 +145,7 @@ class ReconstructionModule(pl.LightningModule):
 
     def per_sample_loss(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
         """The configured loss of each sample, shape ``(B,)``."""
-        b = _batch(batch)
+        b = as_batch(batch)
         if self.loss_name == "mse":
             return F.mse_loss(output, b.target, reduction="none").flatten(1).mean(dim=1)
         if self.loss_name == "l1":
@@ -156,31 +157,32 @@ class ReconstructionModule(pl.LightningModule):
     def augment(self, batch: Any) -> ReconSample:
         """The training batch with input and target circularly shifted together, one random
         shift per sample in ``[-shift_augmentation, shift_augmentation]^2`` (identity if 0)."""
-        b = _batch(batch)
+        b = as_batch(batch)
         if not self.shift_augmentation:
             return b
         s = self.shift_augmentation
         dims = b.input.dim() - 2
-        shifts = random_shifts(b.input.shape[0], dims, s)  # the seeded global CPU RNG
-        return b._replace(input=circular_shift_per_sample(b.input, shifts),
-                          target=circular_shift_per_sample(b.target, shifts))
+        # drawn on the batch's device by its default generator (seeded by seed_everything and
+        # checkpointed per rank by ResumableRNG): no host round trip, no blocking copy
+        shifts = random_shifts(b.input.shape[0], dims, s, device=b.input.device)
+        return b._replace(input=circular_shift(b.input, shifts), target=circular_shift(b.target, shifts))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         b = self.augment(batch)
         loss = self.per_sample_loss(self(b.input), b).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=b.input.shape[0])
+        # not on the progress bar: that would read the loss to the host (.item()) every batch;
+        # the logger reads it every log_every_n_steps
+        self.log("train/loss", loss, batch_size=b.input.shape[0])
         return loss
 
     # ---------------------------------------------------------------------------------------
     def _evaluation_step(self, batch: Any) -> Dict[str, torch.Tensor]:
-        b = _batch(batch)
+        # per-slice metric terms computed on the device and kept there until the epoch ends
+        b = as_batch(batch)
         output = self(b.input)
-        keys = batch_keys(b.fname, b.slice_num, b.input.shape[0])
-        records = slice_records(keys, denormalise(b.target, b.mean, b.std), denormalise(output, b.mean, b.std),
-                                b.max_value)
-        for r, loss in zip(records, self.per_sample_loss(output, b).detach().cpu().tolist()):
-            r["loss"] = loss
-        self._records.extend(records)
+        values = slice_values(denormalise(b.target, b.mean, b.std), denormalise(output, b.mean, b.std), b.max_value)
+        values["loss"] = self.per_sample_loss(output, b).detach()
+        self._records.add(b.fname, b.slice_num, values)
         return {"output": output}
 
     def validation_step(self, batch: Any, batch_idx: int) -> Dict[str, torch.Tensor]:
@@ -191,14 +193,24 @@ class ReconstructionModule(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
         """De-normalised reconstructions (original units) with their ``fname``/``slice_num``."""
-        b = _batch(batch)
+        b = as_batch(batch)
         return {"fname": b.fname, "slice_num": b.slice_num, "output": denormalise(self(b.input), b.mean, b.std)}
 
     def on_validation_epoch_start(self) -> None:
-        self._records = []
+        self._records.clear()
+        self._contributions = []
 
     def on_test_epoch_start(self) -> None:
-        self._records = []
+        self._records.clear()
+        self._contributions = []
+
+    def add_to_report(self, volumes: Sequence[Mapping[str, Any]] = (), images: Sequence[Mapping[str, Any]] = (),
+                      meta: Optional[Mapping[str, Any]] = None) -> None:
+        """Per-volume columns (joined on ``fname``), per-image rows and notes for the report of the
+        evaluation under way: how a callback (e.g. :class:`~equinet.lightning.EquivarianceEvaluation`,
+        from its ``on_test_epoch_end``) adds its metrics to the summary and tables."""
+        self._contributions.append({"volumes": [dict(v) for v in volumes], "images": [dict(i) for i in images],
+                                    "meta": dict(meta or {})})
 
     def on_validation_epoch_end(self) -> None:
         self._finish_evaluation("val")
@@ -209,17 +221,16 @@ class ReconstructionModule(pl.LightningModule):
     def _finish_evaluation(self, stage: str) -> None:
         """Gather + de-duplicate slices over ranks, log volume means, write the report (rank 0)."""
         records, duplicates = gather_unique(self._records)
-        self._records = []
+        self._records.clear()
         volumes = volume_metrics(records)
         images: List[Dict[str, Any]] = []
         meta: Dict[str, Any] = {}
         trainer = self.trainer
-        equivariance = find_callback(trainer, EquivarianceEvaluation) if stage == "test" else None
-        if equivariance is not None:
-            extra = equivariance.report()
+        for extra in self._contributions:  # what callbacks added (add_to_report)
             volumes = merge_records_by_volume(volumes, extra["volumes"])
-            images = extra["images"]
+            images += extra["images"]
             meta.update(extra["meta"])
+        self._contributions = []
         groups = volume_groups(trainer, stage)
         for v in volumes:
             if v["fname"] in groups:

@@ -1,26 +1,59 @@
-"""Metrics as plain functions: reconstruction (fastMRI conventions) and shift equivariance."""
+"""Metrics as plain functions: reconstruction (fastMRI conventions), the shift ``T_k`` and its draws,
+and shift equivariance -- each defined once here; the Lightning callbacks and the study call them."""
 
 from equinet.metrics.equivariance import (
-    circular_shift,
     dpsnr_from_sse,
+    dpsnr_terms,
     equivariance_errors,
+    equivariance_terms,
     measure_equivariance,
-    random_shifts,
     worst_case_dpsnr,
+    worst_dpsnr_from_terms,
     worst_dpsnr_image,
     worst_dpsnr_volume,
+    worst_dpsnr_volume_from_terms,
 )
-from equinet.metrics.reconstruction import nmse, psnr, ssim
+from equinet.metrics.reconstruction import (
+    metric_tensor,
+    nmse,
+    nmse_from_terms,
+    psnr,
+    psnr_from_terms,
+    slice_terms,
+    ssim,
+    ssim_per_slice,
+)
+from equinet.metrics.shifts import (
+    MAX_SHIFT,
+    circular_shift,
+    dpsnr_shifts,
+    random_shifts,
+    to_device,
+    volume_shift,
+)
 
 __all__ = [
     "nmse",
     "psnr",
     "ssim",
+    "ssim_per_slice",
+    "slice_terms",
+    "metric_tensor",
+    "nmse_from_terms",
+    "psnr_from_terms",
+    "MAX_SHIFT",
     "circular_shift",
-    "dpsnr_from_sse",
     "random_shifts",
+    "volume_shift",
+    "dpsnr_shifts",
+    "to_device",
+    "equivariance_terms",
     "equivariance_errors",
     "measure_equivariance",
+    "dpsnr_from_sse",
+    "dpsnr_terms",
+    "worst_dpsnr_from_terms",
+    "worst_dpsnr_volume_from_terms",
     "worst_case_dpsnr",
     "worst_dpsnr_image",
     "worst_dpsnr_volume",
