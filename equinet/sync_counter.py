@@ -20,8 +20,11 @@ no aten op). ``emulate_cuda=True`` also makes :func:`takes_cpu_branch` answer ``
 a CPU-only fast path (e.g. grouping samples with ``unique``/``tolist``, free on a CPU) reads it
 instead of ``x.device.type`` so that the count on a CPU is the count a CUDA device would see, and
 it counts what would be a device-host transfer there (``.cpu()``, ``.tolist()``, ``.numpy()``,
-``torch.tensor(data, device=...)``) although on the CPU nothing moves. What it cannot see in
-emulation: a ``.to(device)`` of a host tensor whose target happens to be the CPU.
+``torch.tensor(data, device=...)``) although on the CPU nothing moves. Without emulation only ops
+on tensors off the CPU count (a CPU op has no device to wait for). What emulation cannot tell:
+which CPU tensors would stay on the host on CUDA too; reads of an optimizer's state (its step
+counter lives on the host unless ``capturable``) are therefore listed apart, in ``host_state``,
+and a ``.to(device)`` of a host tensor whose target happens to be the CPU is not seen.
 """
 
 from __future__ import annotations
@@ -87,18 +90,27 @@ class SyncTally:
     where: Counter = field(default_factory=Counter)
     events: List[Tuple[str, str]] = field(default_factory=list)
     stacks: bool = True
+    emulate: bool = False
+    # emulation only: host reads of state that stays on the host on CUDA too (an optimizer's step
+    # counter, unless ``capturable``), which the CPU cannot tell apart; not in ``total``
+    host_state: Counter = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
         return sum(self.by_op.values())
 
     def add(self, op: str) -> None:
-        place = _caller() if self.stacks else ""
+        stack = traceback.extract_stack()[:-2] if (self.stacks or self.emulate) else []
+        if self.emulate and any(_HOST_STATE in f.filename.replace("\\", "/") for f in stack):
+            self.host_state[op] += 1
+            return
+        place = _caller(stack) if self.stacks else ""
         self.by_op[op] += 1
         self.where[place] += 1
         self.events.append((op, place))
 
     def reset(self) -> None:
+        self.host_state.clear()
         self.by_op.clear()
         self.where.clear()
         self.events.clear()
@@ -108,11 +120,16 @@ class SyncTally:
         lines = [f"{self.total} host sync(s)"]
         lines += [f"  {op}: {n}" for op, n in self.by_op.most_common()]
         lines += [f"    at {w}: {n}" for w, n in self.where.most_common() if w]
+        if self.host_state:
+            lines.append(f"  (not counted: {sum(self.host_state.values())} read(s) of optimizer state kept on the host)")
         return "\n".join(lines)
 
 
-def _caller() -> str:
-    for frame in reversed(traceback.extract_stack()[:-3]):
+_HOST_STATE = "/torch/optim/"
+
+
+def _caller(stack) -> str:
+    for frame in reversed(stack):
         name = frame.filename.replace("\\", "/")
         if "/torch/" in name or name.endswith("sync_counter.py") or "/contextlib.py" in name:
             continue
@@ -137,6 +154,15 @@ def _device_of(value) -> Optional[torch.device]:
     return None
 
 
+def _on_device(args, kwargs) -> bool:
+    """Whether any tensor argument lives off the CPU."""
+    for a in list(args) + list(kwargs.values()):
+        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+            if isinstance(t, torch.Tensor) and t.device.type not in ("cpu", "meta"):
+                return True
+    return False
+
+
 class _DispatchCounter(TorchDispatchMode):
     def __init__(self, tally: SyncTally, emulate: bool):
         super().__init__()
@@ -153,6 +179,10 @@ class _DispatchCounter(TorchDispatchMode):
 
     def _sync(self, func, args, kwargs, out) -> Optional[str]:
         name = func.overloadpacket.__name__
+        if name in _COPY_OPS or name == "lift_fresh":
+            return self._copy(name, args, kwargs, out)
+        if not (self.emulate or _on_device(args, kwargs)):
+            return None  # a CPU op: no device to wait for
         if name in SYNC_OPS:
             return name
         if name in _INDEX_OPS:
@@ -170,6 +200,10 @@ class _DispatchCounter(TorchDispatchMode):
             if kwargs.get("check_errors", False):
                 return f"{name}[check_errors]"
             return None
+        return None
+
+    @staticmethod
+    def _copy(name, args, kwargs, out) -> Optional[str]:
         if name in _COPY_OPS:
             src = args[1] if name in ("copy_", "copy", "_copy_from") and len(args) > 1 else (args[0] if args else None)
             dst = out if name not in ("copy_",) else (args[0] if args else None)
@@ -202,7 +236,8 @@ class _FunctionCounter(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         op = None
         if self.dispatch.quiet == 0:
-            if name in self._READS and args and isinstance(args[0], torch.Tensor):
+            if name in self._READS and args and isinstance(args[0], torch.Tensor) and (
+                    self.emulate or args[0].device.type not in ("cpu", "meta")):
                 op = name
             elif self.emulate and args and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu":
                 if name == "cpu":
@@ -227,7 +262,7 @@ def count_host_syncs(emulate_cuda: bool = False, stacks: bool = True) -> Iterato
     """Count the host syncs of the code run inside the context (module docstring); the yielded
     :class:`SyncTally` fills in as it runs. ``emulate_cuda``: also :func:`emulate_cuda_branches`,
     and count the copies that would cross the device boundary on CUDA. ``stacks``: record where."""
-    tally = SyncTally(stacks=stacks)
+    tally = SyncTally(stacks=stacks, emulate=emulate_cuda)
     dispatch = _DispatchCounter(tally, emulate_cuda)
     function = _FunctionCounter(tally, dispatch, emulate_cuda)
     with contextlib.ExitStack() as stack:
