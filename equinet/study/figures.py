@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from equinet.files import atomic_write
+from equinet.metrics import circular_shift
 from equinet.study.variants import INPUT
 
 FLOOR = 1e-17  # exact zeros drawn at this height on log axes (and marked "0")
@@ -147,7 +148,7 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
     )
     lo, hi = float(first["target"].min()), float(first["target"].max())
     diffs = {
-        v: np.abs(examples[v]["shifted_output"] - np.roll(examples[v]["output"], k, axis=(-2, -1)))
+        v: np.abs(examples[v]["shifted_output"] - circular_shift(examples[v]["output"], k))
         for v in variants
     }
     dmax = max(float(d.max()) for d in diffs.values()) or 1.0
