@@ -36,12 +36,13 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-from equinet.models.unet import UNet
+if TYPE_CHECKING:  # the U-Net builds itself from these functions (UNet.from_fastmri): no import back
+    from equinet.models.unet import UNet
 
 FASTMRI_UNET_PREFIX = "unet."  # fastmri.pl_modules.UnetModule holds the Unet as ``self.unet``
 _CONVBLOCK_CONVS = ("layers.0", "layers.4")  # the two 3x3 convs of fastMRI's ConvBlock
@@ -244,29 +245,6 @@ def load_fastmri_state_dict(unet: UNet, state_dict: Mapping[str, torch.Tensor]) 
     return list(missing)
 
 
-def unet_from_fastmri(model_or_state_dict: Any, sampling: str = "avgpool",
-                      sampling_kwargs: Optional[Dict[str, Any]] = None, padding_mode: str = "zeros",
-                      drop_prob: Optional[float] = None) -> UNet:
-    """An equinet ``UNet(layout="fastmri")`` with ``sampling`` and fastMRI's weights.
-
-    ``sampling="avgpool"`` with ``padding_mode="zeros"`` computes what the fastMRI model does
-    (odd sizes included); ``aps``/``lps`` with ``padding_mode="circular"`` is the same network made
-    exactly shift-equivariant (APS-U paper, Prop. 2), to be fine-tuned. ``drop_prob`` defaults to
-    the model's (a module's attribute, a checkpoint's ``hyper_parameters``), else 0.
-    """
-    state_dict, hparams = fastmri_weights(model_or_state_dict)
-    arch = fastmri_architecture(state_dict)
-    if drop_prob is None:
-        drop_prob = float(hparams.get("drop_prob") or 0.0)
-    unet = UNet(arch["in_chans"], arch["out_chans"], channels=arch["chans"], depth=arch["num_pool_layers"],
-                sampling=sampling, sampling_kwargs=sampling_kwargs, padding_mode=padding_mode,
-                layout="fastmri", drop_prob=drop_prob)
-    reference = next(iter(state_dict.values()))
-    unet.to(dtype=reference.dtype)
-    load_fastmri_state_dict(unet, state_dict)
-    return unet
-
-
 # --------------------------------------------------------------------------------------------
 # back to fastMRI
 # --------------------------------------------------------------------------------------------
@@ -321,7 +299,7 @@ def init_from_fastmri(network: nn.Module, path: os.PathLike) -> List[str]:
     state_dict, _ = read_fastmri_checkpoint(path)
     arch = fastmri_architecture(state_dict)
     wanted = network_arguments(arch)
-    if not isinstance(network, UNet):
+    if not all(hasattr(network, a) for a in ("layout", "widths", "depth", "in_channels", "out_channels")):
         raise FastMRIWeightsError(
             f"init_from {os.fspath(path)}: fastMRI U-Net weights need the network equinet.models.UNet "
             f"(with {_flags(wanted)}); got {type(network).__name__}")

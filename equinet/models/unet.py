@@ -222,11 +222,25 @@ class UNet(nn.Module):
                      drop_prob: Optional[float] = None) -> "UNet":
         """fastMRI's U-Net (a ``fastmri.models.Unet``, its ``state_dict``, or a ``UnetModule``
         checkpoint dict) as an equinet ``UNet(layout="fastmri")`` with ``sampling``, its weights
-        carried over by name; see :func:`equinet.models.fastmri_compat.unet_from_fastmri`."""
-        from equinet.models.fastmri_compat import unet_from_fastmri
+        carried over by name (:mod:`equinet.models.fastmri_compat` maps the names).
 
-        return unet_from_fastmri(model_or_state_dict, sampling=sampling, sampling_kwargs=sampling_kwargs,
-                                 padding_mode=padding_mode, drop_prob=drop_prob)
+        ``sampling="avgpool"`` with ``padding_mode="zeros"`` computes what the fastMRI model does
+        (odd sizes included); ``aps``/``lps`` with ``padding_mode="circular"`` is the same network made
+        exactly shift-equivariant (APS-U paper, Prop. 2), to be fine-tuned. ``drop_prob`` defaults to
+        the model's (a module's attribute, a checkpoint's ``hyper_parameters``), else 0.
+        """
+        from equinet.models.fastmri_compat import fastmri_architecture, fastmri_weights, load_fastmri_state_dict
+
+        state_dict, hparams = fastmri_weights(model_or_state_dict)
+        arch = fastmri_architecture(state_dict)
+        if drop_prob is None:
+            drop_prob = float(hparams.get("drop_prob") or 0.0)
+        unet = cls(arch["in_chans"], arch["out_chans"], channels=arch["chans"], depth=arch["num_pool_layers"],
+                   sampling=sampling, sampling_kwargs=sampling_kwargs, padding_mode=padding_mode,
+                   layout="fastmri", drop_prob=drop_prob)
+        unet.to(dtype=next(iter(state_dict.values())).dtype)
+        load_fastmri_state_dict(unet, state_dict)
+        return unet
 
     def to_fastmri_state_dict(self) -> Dict[str, torch.Tensor]:
         """The weights as a ``fastmri.models.Unet`` state dict (``layout="fastmri"``, ``avgpool``,
