@@ -6,16 +6,16 @@ import textwrap
 
 import pytest
 import yaml
-from test_lightning_fixtures import run_cli
+from _lightning_helpers import run_cli
 
 TOY = textwrap.dedent("""
     trainer: {accelerator: cpu, devices: 1, max_epochs: 1}
     model:
       network:
-        class_path: test_lightning_fixtures.TinyNet
+        class_path: _lightning_helpers.TinyNet
         init_args: {channels: 4}
     data:
-      class_path: test_lightning_fixtures.ToyReconData
+      class_path: _lightning_helpers.ToyReconData
 """)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_lightning_fixtures import REPO, run_cli
+from _lightning_helpers import REPO, run_cli
 
 CONFIGS = REPO / "experiments" / "configs"
 _spec = importlib.util.spec_from_file_location("equinet_configs_generate", CONFIGS / "generate.py")

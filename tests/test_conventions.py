@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_lightning_fixtures import REPO, run_cli
+from _lightning_helpers import REPO, run_cli
 
 import equinet
 from equinet.lightning import ReconstructionModule
@@ -128,7 +128,7 @@ CONFIG = textwrap.dedent("""
       optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.05, momentum: 0.5}}
       lr_scheduler: {class_path: torch.optim.lr_scheduler.StepLR, init_args: {step_size: 3}}
     data:
-      class_path: test_lightning_fixtures.ToyReconData
+      class_path: _lightning_helpers.ToyReconData
       init_args: {train_slices: [2, 2], val_slices: [2, 1], size: 32, batch_size: 2}
     equivariance: {num_dpsnr_shifts: 1}
     images: {num_images: 0}
@@ -173,7 +173,7 @@ def test_a_cli_checkpoint_loads_weights_only_and_rebuilds_its_network(tmp_path):
 
 
 def test_a_python_made_module_stores_no_objects():
-    from test_lightning_fixtures import TinyNet
+    from _lightning_helpers import TinyNet
 
     module = ReconstructionModule(network=TinyNet(), optimizer=torch.optim.SGD)
     # lr_scheduler=None and shift_augmentation=0 are plain data

@@ -12,7 +12,7 @@ import subprocess
 import textwrap
 
 import pytest
-from test_lightning_fixtures import REPO, cli_env, equinet_cmd, run_cli
+from _lightning_helpers import REPO, cli_env, equinet_cmd, run_cli
 
 CONFIG = textwrap.dedent("""
     seed_everything: 3
@@ -29,7 +29,7 @@ CONFIG = textwrap.dedent("""
         class_path: equinet.models.UNet
         init_args: {channels: 4, depth: 2, sampling: maxpool, padding_mode: circular}
     data:
-      class_path: test_lightning_fixtures.ToyReconData
+      class_path: _lightning_helpers.ToyReconData
       init_args: {train_slices: [3, 3, 2], val_slices: [3, 2, 2], size: 32, batch_size: 2}
     equivariance: {num_dpsnr_shifts: 2}
     images: {num_images: 1}

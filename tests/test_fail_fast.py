@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import yaml
-from test_lightning_fixtures import REPO, cli_env, equinet_cmd, restored_globals
+from _lightning_helpers import REPO, cli_env, equinet_cmd, restored_globals
 from test_sweep import render
 
 from equinet.cli import main

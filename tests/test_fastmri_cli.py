@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from test_fail_fast import one_line_error
 from test_fastmri_compat import fastmri_unet, write_unet_module_checkpoint
-from test_lightning_fixtures import ToyReconData, restored_globals, run_cli
+from _lightning_helpers import ToyReconData, restored_globals, run_cli
 
 from equinet.lightning import ReconstructionModule
 from equinet.models import UNet
@@ -53,7 +53,7 @@ def config(tmp_path, sampling="avgpool", padding_mode="zeros", channels=CHANS, l
           loss: l1
           optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 0.01}}}}
         data:
-          class_path: test_lightning_fixtures.ToyReconData
+          class_path: _lightning_helpers.ToyReconData
           init_args: {{size: 32, batch_size: 2}}
     """))
     return str(path)
@@ -144,7 +144,7 @@ def test_wrong_init_from_files_are_one_line_errors(capsys, tmp_path, quiet, case
                     "--model.network.init_args.depth 3")
     else:
         write_unet_module_checkpoint(path, fastmri_unet(CHANS, DEPTH))
-        extra = ["--model.network", "test_lightning_fixtures.TinyNet"]
+        extra = ["--model.network", "_lightning_helpers.TinyNet"]
         expected = "fastMRI U-Net weights need the network equinet.models.UNet"
     line = one_line_error(capsys, "fit", "--config", cfg, *extra, "--model.init_from", str(path))
     assert expected in line, line

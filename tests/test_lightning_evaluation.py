@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_lightning_fixtures import TinyNet, ToyVolumes
+from _lightning_helpers import TinyNet, ToyVolumes
 from torch.utils.data import DataLoader
 
 from equinet.lightning import EquivarianceEvaluation, ReconstructionModule

@@ -13,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
-from test_lightning_fixtures import TinyNet, ToyReconData, ToyVolumes
+from _lightning_helpers import TinyNet, ToyReconData, ToyVolumes
 from torch.utils.data import DataLoader
 
 from equinet.lightning import (

@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from test_lightning_fixtures import REPO, cli_env, equinet_cmd, run_cli, state_arrays
+from _lightning_helpers import REPO, cli_env, equinet_cmd, run_cli, state_arrays
 
 CONFIG = textwrap.dedent("""
     seed_everything: 7
@@ -37,7 +37,7 @@ CONFIG = textwrap.dedent("""
         class_path: torch.optim.lr_scheduler.StepLR
         init_args: {step_size: 1, gamma: 0.5}
     data:
-      class_path: test_lightning_fixtures.ToyReconData
+      class_path: _lightning_helpers.ToyReconData
       init_args: {train_slices: [3, 3, 2], val_slices: [2, 1], size: 32, batch_size: 2}
     images: {num_images: 0}
 """)
@@ -53,7 +53,7 @@ def test_killed_run_resumed_from_last_equals_uninterrupted(tmp_path):
     config.write_text(CONFIG)
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     # `python -m equinet fit` in a child process that SIGKILLs itself in epoch 1, after batch 1 ...
-    child = subprocess.Popen(equinet_cmd(*_args(config, crashed, "--trainer.callbacks+=test_lightning_fixtures.KillAfterEpoch",
+    child = subprocess.Popen(equinet_cmd(*_args(config, crashed, "--trainer.callbacks+=_lightning_helpers.KillAfterEpoch",
                                                 "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=1")),
                              cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:  # ... while the uninterrupted run goes here, through the same CLI entry point

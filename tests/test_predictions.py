@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_lightning_fixtures import REPO, run_cli
+from _lightning_helpers import REPO, run_cli
 
 from equinet.lightning import ReconstructionModule
 from equinet.lightning.predictions import submission_name

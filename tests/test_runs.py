@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from test_lightning_fixtures import REPO, cli_env, equinet_cmd, run_cli
+from _lightning_helpers import REPO, cli_env, equinet_cmd, run_cli
 
 from equinet.lightning.runs import RunFolderError, resolve_run, shared_run_id
 
@@ -18,10 +18,10 @@ CONFIG = textwrap.dedent("""
               enable_model_summary: false}
     model:
       network:
-        class_path: test_lightning_fixtures.TinyNet
+        class_path: _lightning_helpers.TinyNet
         init_args: {channels: 4}
     data:
-      class_path: test_lightning_fixtures.ToyReconData
+      class_path: _lightning_helpers.ToyReconData
       init_args: {train_slices: [2, 2], val_slices: [2, 1], size: 32, batch_size: 2}
     equivariance: {num_dpsnr_shifts: 1}
     images: {num_images: 0}

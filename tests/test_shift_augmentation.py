@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_lightning_fixtures import ToyReconData, ToyVolumes
+from _lightning_helpers import ToyReconData, ToyVolumes
 from torch import nn
 from torch.utils.data import DataLoader
 

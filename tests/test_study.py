@@ -32,14 +32,6 @@ def test_every_strategy_variant_is_listed():
     assert {"maxpool", "LPF-3", "APS", "APS-5", "LPS"} <= set(available_variants())
 
 
-def test_cli_dispatch_help_and_unknown_command(capsys):
-    main(["--help"])
-    assert "equivariance" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as err:
-        main(["frobnicate"])
-    assert err.value.code == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
-
-
 def test_python_dash_m_equinet_runs():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run([sys.executable, "-m", "equinet", "--help"], capture_output=True, text=True, env=env, timeout=120)

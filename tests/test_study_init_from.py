@@ -8,7 +8,7 @@ import pytest
 import yaml
 from test_fastmri_cli import RecordValidations, reference_validation_loss
 from test_fastmri_compat import fastmri_unet, write_unet_module_checkpoint
-from test_lightning_fixtures import run_cli
+from _lightning_helpers import run_cli
 from test_study_plan import RUN
 
 from equinet.study.config import StudyError, get_dotted
@@ -17,7 +17,7 @@ from equinet.study.plan import check_study, load_study, write_plan
 
 def toy_study(tmp_path, variants, overrides=(), **changes):
     run = copy.deepcopy(RUN)
-    run["data"] = {"class_path": "test_lightning_fixtures.ToyReconData", "init_args": {"size": 32, "batch_size": 2}}
+    run["data"] = {"class_path": "_lightning_helpers.ToyReconData", "init_args": {"size": 32, "batch_size": 2}}
     run["model"]["loss"] = "l1"
     run["model"]["network"]["init_args"]["padding_mode"] = "zeros"  # fastMRI's: avgpool = its function
     run["trainer"].update({"num_sanity_val_steps": -1, "logger": False, "enable_progress_bar": False,

@@ -51,7 +51,7 @@ def test_builtin_variants_cover_the_paper_and_equinet():
 
 def test_one_strategy_table_names_the_configs_the_study_variants_and_their_descriptions():
     """experiments/configs/<dataset>/<name>.yaml is VARIANTS[<Name>] (lower case), and so is the study row."""
-    from test_lightning_fixtures import REPO
+    from _lightning_helpers import REPO
 
     by_file_name = {name.lower(): name for name in VARIANTS}
     for dataset in ("synthetic", "fastmri", "lodopab"):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from _study_helpers import read_results, tiny_study, write_config
 from PIL import Image
-from test_lightning_fixtures import REPO, cli_env, equinet_cmd
+from _lightning_helpers import REPO, cli_env, equinet_cmd
 
 from equinet.study.cli import main as study_cli
 from equinet.study.cli import run_study

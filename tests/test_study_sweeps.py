@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from test_cli_configs import generate
-from test_lightning_fixtures import REPO
+from _lightning_helpers import REPO
 from test_sweep import grid, render
 
 from equinet.study.cli import _parser

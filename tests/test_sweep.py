@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_lightning_fixtures import REPO, run_cli
+from _lightning_helpers import REPO, run_cli
 
 # `equinet fit` sweeps (the study sweeps, study_*.yaml, one variant per agent: test_study_sweeps.py)
 SWEEPS = sorted(p for p in (REPO / "experiments" / "sweeps").glob("*.yaml") if not p.stem.startswith("study"))

@@ -9,7 +9,7 @@ import os
 import stat
 
 import pytest
-from test_lightning_fixtures import REPO, run_cli
+from _lightning_helpers import REPO, run_cli
 
 CONFIG = str(REPO / "experiments" / "configs" / "synthetic" / "maxpool.yaml")
 

@@ -1,6 +1,6 @@
 """Small importable helpers for the Lightning/CLI tests (no tests here).
 
-Subprocess CLI runs reach them by class path (``test_lightning_fixtures.ToyReconData``) with
+Subprocess CLI runs reach them by class path (``_lightning_helpers.ToyReconData``) with
 the tests folder on ``PYTHONPATH``; see :func:`cli_env`.
 """
 
