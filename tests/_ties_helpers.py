@@ -1,4 +1,4 @@
-"""Inputs users feed a shift-equivariant network beyond Gaussian noise (issue 9): degenerate and
+"""Inputs users feed a shift-equivariant network beyond Gaussian noise: degenerate and
 shift-symmetric patterns, natural images, mixed batches -- and small networks, at initialisation
 and after a few Adam steps, to run them through."""
 

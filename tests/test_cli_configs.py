@@ -1,5 +1,5 @@
 """experiments/configs: in sync with their generator, the papers' hyper-parameters, every config
-parses with overrides, and (Must show 1) ``equinet fit`` then ``equinet test`` on each synthetic
+parses with overrides, and ``equinet fit`` then ``equinet test`` on each synthetic
 config writes the metrics summary with the equivariance numbers.
 """
 

@@ -1,4 +1,4 @@
-"""Must show 6: equinet uses Lightning's public API only -- no ``_``-prefixed import, override or
+"""Equinet uses Lightning's public API only -- no ``_``-prefixed import, override or
 attribute -- so the pins can move; CLI checkpoints still rebuild their network by themselves and
 load with ``torch.load(weights_only=True)``.
 """

@@ -1,4 +1,4 @@
-"""Must show 3: ``--trainer.strategy ddp --trainer.devices 2`` on CPU (gloo) gives the same
+"""``--trainer.strategy ddp --trainer.devices 2`` on CPU (gloo) gives the same
 per-volume metrics as one process -- no volume dropped, no padded duplicate counted twice.
 
 7 validation slices over 2 ranks: Lightning's DistributedSampler pads rank 1 with a repeat of

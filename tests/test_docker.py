@@ -1,4 +1,4 @@
-"""Must show 4 (compose half): docker/docker-compose.yml validates against the Compose
+"""Docker/docker-compose.yml validates against the Compose
 Specification schema, offline; the Dockerfile installs what the README installs.
 
 No Docker engine is needed: the schema is the copy vendored by the ``check-jsonschema``

@@ -1,4 +1,4 @@
-"""Must show 2: every typical mistake ends ``equinet`` with a non-zero exit and one line naming the
+"""Every typical mistake ends ``equinet`` with a non-zero exit and one line naming the
 fix -- no traceback (``EQUINET_DEBUG=1`` brings it back) -- and the ones a config shows fail before
 anything is built: no run folder, no generated dataset, no network.
 """

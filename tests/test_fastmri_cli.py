@@ -1,4 +1,4 @@
-"""Issue 17, Must show 3: ``equinet fit --model.init_from`` fine-tunes a fastMRI U-Net checkpoint
+"""``equinet fit --model.init_from`` fine-tunes a fastMRI U-Net checkpoint
 (fastMRI ``UnetModule`` format or a bare state dict) with the run's sampling; wrong files are
 one-line errors."""
 

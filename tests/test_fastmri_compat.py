@@ -1,4 +1,4 @@
-"""Issue 17: fastMRI's U-Net in equinet -- the same function with avgpool, every weight carried over,
+"""FastMRI's U-Net in equinet -- the same function with avgpool, every weight carried over,
 exact shift equivariance with APS/LPS, the way back into fastMRI, and clear errors."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def rel_max_error(reference: torch.Tensor, got: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Must show 1: avgpool = fastMRI's network, every parameter mapped
+# avgpool = fastMRI's network, every parameter mapped
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("chans,num_pool_layers", [(8, 2), (8, 3), (8, 4), (32, 2), (32, 4)])
 def test_avgpool_conversion_computes_what_fastmri_computes(chans, num_pool_layers):
@@ -136,7 +136,7 @@ def test_the_mapping_is_not_the_identity_of_names():
 
 
 # ---------------------------------------------------------------------------------------------
-# Must show 2: the APS/LPS conversions are exactly shift-equivariant
+# the APS/LPS conversions are exactly shift-equivariant
 # ---------------------------------------------------------------------------------------------
 ADAPTIVE = {"aps": ("aps", {}), "aps-3": ("aps", {"filter_size": 3}), "lps": ("lps", {}),
             "lps-3": ("lps", {"filter_size": 3})}

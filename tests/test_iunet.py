@@ -1,4 +1,4 @@
-"""The iUNet (issue 5): channel plan, exact inverse, identity init, memory-efficient backprop
+"""The iUNet: channel plan, exact inverse, identity init, memory-efficient backprop
 (gradients equal plain backprop; gradcheck), clear errors, adaptive shift equivariance."""
 
 import math
@@ -110,7 +110,7 @@ def test_plan_errors_are_clear():
 
 
 # ---------------------------------------------------------------------------------------------
-# Must-show 1: inverse(forward(x)) exact, 1D/2D/3D, every method and init, anisotropic strides
+# inverse(forward(x)) exact, 1D/2D/3D, every method and init, anisotropic strides
 # ---------------------------------------------------------------------------------------------
 
 CONFIGS = {
@@ -193,7 +193,7 @@ def test_zero_init_makes_the_whole_network_the_identity(dim):
 
 
 # ---------------------------------------------------------------------------------------------
-# Must-show 2: memory-efficient gradients == plain backprop (float64, 1e-10); gradcheck
+# memory-efficient gradients == plain backprop (float64, 1e-10); gradcheck
 # ---------------------------------------------------------------------------------------------
 
 
@@ -557,7 +557,7 @@ def test_padding_mode_pads_and_crops():
 
 
 # ---------------------------------------------------------------------------------------------
-# Must-show 4: the adaptive iUNet is exactly shift-equivariant and still inverts exactly
+# the adaptive iUNet is exactly shift-equivariant and still inverts exactly
 # ---------------------------------------------------------------------------------------------
 
 

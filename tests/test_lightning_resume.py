@@ -1,4 +1,4 @@
-"""Must show 2: a run SIGKILLed after a checkpoint, resumed with ``--ckpt_path last``, ends with
+"""A run SIGKILLed after a checkpoint, resumed with ``--ckpt_path last``, ends with
 exactly the weights of an uninterrupted run (deterministic mode).
 
 The network is an LPS U-Net (Gumbel-softmax sampling draws random numbers in training) and the

@@ -1,6 +1,6 @@
 """Learnable orthogonal resampling (iUNet paper Thm. 4, Cor. 5-6) and the `orthogonal` strategy.
 
-Must-show (issue 2, line 3): all methods x inits x 1D/2D/3D x isotropic/anisotropic strides
+All methods x inits x 1D/2D/3D x isotropic/anisotropic strides
 preserve the norm and invert to 1e-6 (float32) / 1e-12 (float64); gradcheck passes for every
 method at small, unit and large parameter scales.
 """

@@ -1,4 +1,4 @@
-"""The U-Net with `orthogonal` sampling (issue 5, Must-show 4): adaptive orthogonal resampling
+"""The U-Net with `orthogonal` sampling: adaptive orthogonal resampling
 with circular padding is exactly shift-equivariant in float32; the fixed-grid version is not."""
 
 import pytest

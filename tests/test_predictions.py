@@ -1,4 +1,4 @@
-"""Must show 5: ``equinet predict`` writes fastMRI-format reconstructions into the run folder that
+"""``equinet predict`` writes fastMRI-format reconstructions into the run folder that
 ``fastmri.evaluate`` reads back and scores -- the same numbers as ``equinet test`` -- and one HDF5
 per LoDoPaB part in the order of the part's samples.
 """

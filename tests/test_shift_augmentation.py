@@ -1,4 +1,4 @@
-"""Must show 5 (issue 8): training with random circular shifts (the APS-U paper's "DA") shifts
+"""Training with random circular shifts (the APS-U paper's "DA") shifts
 input and target of each sample together, draws from the seeded RNG, and never touches the
 validation/test/predict inputs."""
 

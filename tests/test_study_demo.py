@@ -1,4 +1,4 @@
-"""Must show 1 (issue 8): the demo study (`make demo`) trains every variant and shows the APS-U
+"""The demo study (`make demo`) trains every variant and shows the APS-U
 paper's picture -- the slow test runs it end to end exactly as shipped and asserts the numbers."""
 
 from __future__ import annotations

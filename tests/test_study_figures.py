@@ -1,4 +1,4 @@
-"""Must show 6 (issue 8): every study figure is a valid PNG with labelled axes; the cost columns
+"""Every study figure is a valid PNG with labelled axes; the cost columns
 are ratios measured side by side; the upsampling figure shows the checkerboard it claims."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 17: a study's ``init_from`` fine-tunes every variant from the same fastMRI U-Net checkpoint."""
+"""A study's ``init_from`` fine-tunes every variant from the same fastMRI U-Net checkpoint."""
 
 from __future__ import annotations
 

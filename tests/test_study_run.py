@@ -1,4 +1,4 @@
-"""``equinet study`` end to end (issue 8, Must show 1-4): a few-step two-variant study, resuming a
+"""``equinet study`` end to end: a few-step two-variant study, resuming a
 killed study, ``--only`` + ``collect``, and the shipped fastMRI/LoDoPaB study configs on data
 generated in the real formats (PD/PDFS split, OOD columns)."""
 

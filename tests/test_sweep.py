@@ -1,4 +1,4 @@
-"""Must show 4 (sweep half): each W&B sweep's command, rendered exactly as ``wandb agent`` renders
+"""Each W&B sweep's command, rendered exactly as ``wandb agent`` renders
 it, parses through the ``equinet`` CLI; the synthetic sweep's command trains a step with
 ``WandbLogger`` in offline mode and logs the sweep's metric.
 """

@@ -1,4 +1,4 @@
-"""Must show 4: every file a run writes -- config, checkpoints, logs, image panels, reports, CSVs,
+"""Every file a run writes -- config, checkpoints, logs, image panels, reports, CSVs,
 predictions, and the cached synthetic dataset -- has the mode the umask gives (0644 files, 0755
 folders under 022), so a team sharing a disk can read each other's runs.
 """

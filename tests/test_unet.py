@@ -47,7 +47,7 @@ def _net(sampling, kwargs, seed, dtype=torch.float32, **extra):
 
 @pytest.mark.parametrize("sampling,kwargs", EQUIVARIANT)
 def test_aps_and_lps_unets_are_exactly_shift_equivariant_float32(sampling, kwargs):
-    """Must-show 2: NMSE <= 1e-12 (float32) over 50 random shifts for several non-square sizes."""
+    """NMSE <= 1e-12 (float32) over 50 random shifts for several non-square sizes."""
     g = torch.Generator().manual_seed(7)
     for i, size in enumerate(SIZES):
         net = _net(sampling, kwargs, seed=i)
