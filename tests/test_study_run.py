@@ -380,3 +380,21 @@ def test_runs_on_two_devices_go_to_their_own_processes(tmp_path, knee, imagenet)
     assert float(rows["APS"]["eq_nmse"]) <= 1e-12 and rows["APS"]["psnr_pd"] != ""
     summary = (tmp_path / "study" / "runs" / "APS" / "test_summary.md").read_text()
     assert "world size: 2" in summary
+
+
+def test_two_workers_give_the_results_of_one(tmp_path, knee, imagenet):
+    """``--workers 2`` runs the variants side by side in worker processes; ``results.csv`` is the
+    one-worker study's to the last digit (threads per run do not depend on the workers), and the
+    console shows one start and one finish line per run, then the study's wall/CPU time."""
+    config = write_config(tmp_path / "tiny.yaml", tiny_study(knee, imagenet, variants=("baseline", "APS")))
+    one = _run(config, tmp_path / "one", "--workers", "1")
+    two = _run(config, tmp_path / "two", "--workers", "2")
+    a, b = read_results(tmp_path / "one"), read_results(tmp_path / "two")
+    assert list(a) == ["input", "baseline", "APS"] and a == b
+    assert "2 worker processes side by side" in two[0] and "in this process" in one[0]
+    for variant in ("input", "baseline", "APS"):
+        assert sum(f"] {variant}: starting" in line for line in two) == 1, two
+        assert sum(f"] {variant}: finished in" in line for line in two) == 1, two
+        assert (tmp_path / "two" / "logs" / f"{variant}.log").stat().st_size > 0
+    timing = [line for line in two if line.startswith("study time:")]
+    assert len(timing) == 1 and "CPU / wall = " in timing[0] and "2 worker(s)" in timing[0], two
