@@ -382,6 +382,7 @@ def test_runs_on_two_devices_go_to_their_own_processes(tmp_path, knee, imagenet)
     assert "world size: 2" in summary
 
 
+@pytest.mark.slow  # three runs in spawned workers, ~35 s: make test-all
 def test_two_workers_give_the_results_of_one(tmp_path, knee, imagenet):
     """``--workers 2`` runs the variants side by side in worker processes; ``results.csv`` is the
     one-worker study's to the last digit (threads per run do not depend on the workers), and the
