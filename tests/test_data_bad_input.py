@@ -14,7 +14,7 @@ import pytest
 from _data_helpers import copy_dataset
 
 from equinet.data import DataFormatError, FastMRIDataModule, ImageNetShiftDataModule, LoDoPaBDataModule, ct
-from equinet.data.fbp_cache import build_cached_stack, partial_path
+from equinet.data.fbp_cache import FBPStack, build_cached_stack, build_fbp_stacks, partial_path
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:
@@ -369,6 +369,41 @@ def test_fbp_cache_resumes_after_interruption_and_is_atomic(lodopab, tmp_path, m
     again.setup()
     assert again.cache_report.computed == 0 and again.cache_report.reused == total
     assert "reused" in again.cache_report.summary() and "backend torch" in again.cache_report.summary()
+
+
+def test_one_fbp_builder_merges_its_stacks_and_cleans_up_after_a_failure(tmp_path, monkeypatch):
+    """build_fbp_stacks (both DataModules' builder): one report over all files, the source
+    generator closed and the FBP memory freed even when a stack fails."""
+    from equinet.data import fbp_cache
+
+    released, closed = [], []
+    monkeypatch.setattr(fbp_cache.ct, "release_fbp_memory", lambda: released.append(1))
+    rng = np.random.default_rng(0)
+    rows = [rng.standard_normal((n, 3, 2)).astype(np.float32) for n in (5, 3)]
+
+    def stacks(fail_at=None):
+        try:
+            for k, r in enumerate(rows):
+                def compute(i, j, r=r, k=k):
+                    if k == fail_at:
+                        raise RuntimeError("backend died")
+                    return r[i:j]
+                yield FBPStack(tmp_path / f"s{k}.hdf5", len(r), (3, 2), compute, {"k": k})
+        finally:
+            closed.append(1)
+
+    report = build_fbp_stacks(stacks(), "torch", 8, "test", progress=False)
+    assert (report.computed, report.reused, report.backend) == (8, 0, "torch") and len(released) == 1
+    for k, r in enumerate(rows):
+        with h5py.File(tmp_path / f"s{k}.hdf5") as f:
+            np.testing.assert_array_equal(f["data"][()], r)
+    assert build_fbp_stacks(stacks(), "torch", 8, "test", progress=False).reused == 8
+    (tmp_path / "s1.hdf5").unlink()
+    closed.clear()
+    failing = stacks(fail_at=1)  # held here, so only the builder can close it
+    with pytest.raises(RuntimeError, match="backend died"):
+        build_fbp_stacks(failing, "skimage", 8, "test", progress=False)
+    assert closed == [1] and len(released) == 3
 
 
 def test_fbp_cache_resumes_mid_file_and_discards_corrupt_partials(tmp_path, caplog):

@@ -150,6 +150,46 @@ def test_size_not_divisible_by_two_to_the_depth_fails_before_the_data_are_genera
     assert not (tmp_path / "data").exists()
 
 
+def lifted_iunet_config(tmp_path) -> str:
+    """The synthetic config with a small LiftediUNet (depth 2: sizes divisible by 4) for the U-Net."""
+    config = yaml.safe_load((CONFIGS / "synthetic" / "maxpool.yaml").read_text())
+    config["model"]["network"] = {
+        "class_path": "equinet.models.LiftediUNet",
+        "init_args": {"in_channels": 1, "out_channels": 1, "channels": 4, "depth": 2, "architecture": 1},
+    }
+    path = tmp_path / "lifted_iunet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_crop_a_lifted_iunet_cannot_take_fails_before_the_data_are_generated(capsys, tmp_path, quiet_run):
+    """The same pre-check as the U-Net's: the iUNet states its divisibility as ``size_multiple`` too."""
+    line = one_line_error(
+        capsys,
+        "fit",
+        "--config",
+        lifted_iunet_config(tmp_path),
+        "--data.init_args.crop_size",
+        "30",
+        "--data.init_args.synthetic_size",
+        "30",
+        *quiet_run,
+    )
+    assert "crop_size=30 does not suit the network: LiftediUNet needs sizes divisible by 4" in line
+    assert "--data.init_args.crop_size 28 or 32" in line
+    nothing_built(tmp_path)
+
+
+def test_crop_a_lifted_iunet_can_take_passes_the_pre_check_and_trains(tmp_path, quiet_run):
+    config = lifted_iunet_config(tmp_path)
+    main(["fit", "--config", config, "--data.init_args.crop_size", "32", "--data.init_args.synthetic_size",
+          "32", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1", *quiet_run,
+          "--trainer.max_steps", "-1", "--trainer.limit_train_batches", "1"])
+    assert (tmp_path / "data").exists(), "a crop the network can take goes on to generate the data"
+    assert list((tmp_path / "runs").rglob("config.yaml")), "the run went past the pre-check and started"
+    assert list((tmp_path / "runs").rglob("*.ckpt")), "and trained its one step"
+
+
 def test_crop_larger_than_the_synthetic_data(capsys, tmp_path, quiet_run):
     line = one_line_error(
         capsys, "fit", "--config", SYNTHETIC, "--data.init_args.crop_size", "80", *quiet_run

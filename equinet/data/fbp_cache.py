@@ -24,11 +24,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from equinet.data import ct
 from equinet.data.common import atomic_write_text, log, shown
 
 MEMO_VERSION = 1
@@ -258,4 +261,62 @@ def build_cached_stack(
         f.attrs["backend"] = backend
     os.replace(partial, path)
     remember(memo_path(path), [path], None, key=num_rows)  # every row was checked as it was computed
+    return report
+
+
+@dataclass
+class FBPStack:
+    """One cache file to build: ``compute(i, j)`` gives FBP rows ``i:j`` (float32) of ``row_shape``."""
+
+    path: Path
+    num_rows: int
+    row_shape: Tuple[int, ...]
+    compute: Callable[[int, int], np.ndarray]
+    key: Dict
+
+
+def fbp_device(requested: Optional[str]) -> torch.device:
+    """The device of the torch FBP: ``requested``, else CUDA if available, else the CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fbp_chunk(backend: str) -> int:
+    """Rows per computed chunk: batches of 8 for the torch backend, one image otherwise."""
+    return 8 if backend == "torch" else 1
+
+
+def build_fbp_stacks(
+    stacks: Iterable[FBPStack], backend: str, total: int, desc: str, progress: bool = True
+) -> CacheReport:
+    """Build every stack with :func:`build_cached_stack` under one progress bar (``total`` rows,
+    ``desc``), merge their reports and free the FBP backend's memory afterwards, also on error.
+
+    ``stacks`` may be a generator holding its source open while a stack is computed.
+    """
+    report = CacheReport(backend=backend)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        for stack in stacks:
+            report.merge(
+                build_cached_stack(
+                    stack.path,
+                    stack.num_rows,
+                    stack.row_shape,
+                    stack.compute,
+                    stack.key,
+                    backend,
+                    chunk=fbp_chunk(backend),
+                    progress=bar.update,
+                )
+            )
+            if report.computed:
+                bar.set_postfix_str(f"{report.per_image_ms:.0f} ms/img")
+    finally:
+        close = getattr(stacks, "close", None)
+        if callable(close):  # a generator's open source files are closed now, not at collection
+            close()
+        bar.close()
+        ct.release_fbp_memory()
     return report

@@ -28,7 +28,6 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from equinet.data import ct
 from equinet.data.base import ReconDataModule
@@ -47,7 +46,14 @@ from equinet.data.common import (
     stable_hash,
     stable_seed,
 )
-from equinet.data.fbp_cache import CACHE_CHANGED, CacheReport, build_cached_stack, remembered
+from equinet.data.fbp_cache import (
+    CACHE_CHANGED,
+    CacheReport,
+    FBPStack,
+    build_fbp_stacks,
+    fbp_device,
+    remembered,
+)
 from equinet.data.mri import FASTMRI_CLAMP, file_seed, make_mask_func, mri_forward
 from equinet.data.synthetic import write_imagenet_folder
 from equinet.data.types import ReconSample
@@ -409,11 +415,7 @@ class ImageNetShiftDataModule(ReconDataModule):
         geometry = self.geometry
         assert geometry is not None
         backend = ct.resolve_fbp_backend(self.fbp_backend)
-        device = (
-            torch.device(self.fbp_device)
-            if self.fbp_device
-            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        device = fbp_device(self.fbp_device)
         dataset = self._dataset(paths, None)
 
         def compute(i: int, j: int) -> np.ndarray:
@@ -442,26 +444,8 @@ class ImageNetShiftDataModule(ReconDataModule):
             "fbp_backend": backend,
             "photons_per_pixel": float(self.photons_per_pixel),
         }
-        try:
-            with tqdm(
-                total=len(paths),
-                desc=f"ImageNet CT cache ({backend})",
-                unit="img",
-                disable=not self.progress,
-                leave=False,
-            ) as bar:
-                report = build_cached_stack(
-                    path,
-                    len(paths),
-                    (geometry.image_size, geometry.image_size),
-                    compute,
-                    key,
-                    backend,
-                    chunk=8 if backend == "torch" else 1,
-                    progress=bar.update,
-                )
-        finally:
-            ct.release_fbp_memory()
+        stack = FBPStack(path, len(paths), (geometry.image_size, geometry.image_size), compute, key)
+        report = build_fbp_stacks([stack], backend, len(paths), f"ImageNet CT cache ({backend})", self.progress)
         log.info("%s, %s", report.summary(), path)
         self.cache_report, self._cache = report, (paths, path)
         return report

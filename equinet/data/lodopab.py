@@ -38,7 +38,6 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from equinet.data import ct
 from equinet.data.base import ReconDataModule
@@ -57,7 +56,14 @@ from equinet.data.common import (
     shown,
     stable_hash,
 )
-from equinet.data.fbp_cache import CACHE_CHANGED, CacheReport, build_cached_stack, remembered
+from equinet.data.fbp_cache import (
+    CACHE_CHANGED,
+    CacheReport,
+    FBPStack,
+    build_fbp_stacks,
+    fbp_device,
+    remembered,
+)
 from equinet.data.synthetic import LODOPAB_MANIFEST, write_lodopab_dataset
 from equinet.data.types import ReconSample
 
@@ -566,9 +572,7 @@ class LoDoPaBDataModule(ReconDataModule):
         return self.cache_root() / f"{self.fbp_filter}-f{self.fbp_frequency_scaling:g}-{backend}"
 
     def _torch_device(self) -> torch.device:
-        if self.fbp_device is not None:
-            return torch.device(self.fbp_device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return fbp_device(self.fbp_device)
 
     # -- preparation ---------------------------------------------------------------------------
     def _parts_for(self, stage: Optional[str]) -> Optional[List[str]]:
@@ -639,13 +643,8 @@ class LoDoPaBDataModule(ReconDataModule):
         self.check_contents(files, folder.parent / CHECKED_FOLDER)
         geometry = layout.geometry
         device = self._torch_device()
-        chunk = 8 if backend == "torch" else 1
-        report = CacheReport(backend=backend)
-        total = sum(len(f.rows) and f.rows[-1] + 1 for f in files)
-        bar = tqdm(
-            total=total, desc=f"FBP cache ({backend})", unit="img", disable=not self.progress, leave=False
-        )
-        try:
+
+        def stacks():
             for info in files:
                 if not info.rows:
                     continue
@@ -669,22 +668,16 @@ class LoDoPaBDataModule(ReconDataModule):
                         recon = ct.fbp(sino_t, geometry, backend, self.fbp_filter, self.fbp_frequency_scaling)
                         return recon.cpu().numpy()
 
-                    part_report = build_cached_stack(
+                    yield FBPStack(
                         folder / f"{info.observation.stem}.hdf5",
                         num_rows,
                         (geometry.image_size, geometry.image_size),
                         compute,
                         key,
-                        backend,
-                        chunk=chunk,
-                        progress=bar.update,
                     )
-                report.merge(part_report)
-                if report.computed:
-                    bar.set_postfix_str(f"{report.per_image_ms:.0f} ms/img")
-        finally:
-            bar.close()
-            ct.release_fbp_memory()
+
+        total = sum(len(f.rows) and f.rows[-1] + 1 for f in files)
+        report = build_fbp_stacks(stacks(), backend, total, f"FBP cache ({backend})", self.progress)
         if log_summary:
             log.info("%s, %s", report.summary(), folder)
         self._ready_parts.update(parts)

@@ -174,8 +174,8 @@ def unsuitable_size(size: int, multiple) -> Optional[Tuple[int, str]]:
 
 
 def check_image_size(model: Any, datamodule: Any) -> None:
-    """The data's crop must suit the network (a U-Net needs sizes divisible by 2**depth): checked
-    before any data are generated or cached, not at the first batch."""
+    """The data's crop must suit the network's ``size_multiple`` (U-Net, iUNet, LiftediUNet: 2**depth
+    per axis): checked before any data are generated or cached, not at the first batch."""
     multiple = getattr(getattr(model, "network", None), "size_multiple", None)
     crop = getattr(datamodule, "crop_size", None)
     if not multiple or not isinstance(crop, int):

@@ -405,6 +405,12 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
                 f"(shape {tuple(x.shape)}); use LiftediUNet to map other channel counts"
             )
 
+    @property
+    def size_multiple(self) -> Tuple[int, ...]:
+        """Per-axis sizes inputs must be divisible by (the U-Net's name): ``downsampling_factors``,
+        or all ones when ``padding_mode`` pads any size."""
+        return (1,) * self.dim if self.padding_mode is not None else self.downsampling_factors
+
     def get_padding(self, x: torch.Tensor) -> Tuple[List[int], List[int]]:
         """Padded size and ``F.pad`` padding (split evenly) to make ``x`` divisible."""
         shape = list(x.shape[2:])
@@ -536,7 +542,7 @@ class LiftediUNet(nn.Module):  # noqa: N801
     maps back to ``out_channels``. Linear layers store no activation the iUNet does not already
     keep, so training memory stays independent of the number of blocks. ``padding_mode`` is the
     convolution padding inside the blocks ('circular' for exact shift equivariance with
-    ``adaptive_resampling=True``). Inputs must be divisible by ``downsampling_factors``.
+    ``adaptive_resampling=True``). Inputs must be divisible by ``size_multiple``.
     """
 
     def __init__(
@@ -589,6 +595,11 @@ class LiftediUNet(nn.Module):  # noqa: N801
     @property
     def downsampling_factors(self) -> Tuple[int, ...]:
         return self.iunet.downsampling_factors
+
+    @property
+    def size_multiple(self) -> Tuple[int, ...]:
+        """Per-axis sizes inputs must be divisible by, as the U-Net names it (the iUNet's)."""
+        return self.iunet.size_multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.dim + 2 or x.shape[1] != self.in_channels:
