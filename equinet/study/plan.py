@@ -222,12 +222,11 @@ def crop_size(data_spec: Mapping[str, Any]) -> Optional[int]:
 
 
 def size_multiple(network) -> Optional[Tuple[int, ...]]:
-    """The spatial sizes the network needs inputs divisible by (U-Net and iUNet state it)."""
-    for attr in ("size_multiple", "downsampling_factors"):
-        value = getattr(network, attr, None)
-        if value is not None:
-            return tuple(int(v) for v in value)
-    return None
+    """The spatial sizes the network needs inputs divisible by (every equinet network's ``size_multiple``)."""
+    value = getattr(network, "size_multiple", None)
+    if value is None:
+        return None
+    return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),)
 
 
 # --------------------------------------------------------------------------------------------
