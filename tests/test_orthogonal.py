@@ -510,7 +510,7 @@ def test_matrix_exp_is_accurate_to_float64_precision_at_every_scale():
 # The block kernels: a permutation and a per-channel matrix product, in pieces, in place
 # ---------------------------------------------------------------------------------------------
 
-from equinet.sampling import orthogonal as ortho  # noqa: E402
+from equinet.sampling.orthogonal import kernels as ortho  # noqa: E402
 
 
 def _blocks_of(x, stride):

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _timing import Target, clock_name, fmt_range, paired_ratios, print_targets  # noqa: E402
 
 import equinet.models.memory_efficient as memory_efficient  # noqa: E402
-import equinet.sampling.orthogonal as orthogonal  # noqa: E402
+import equinet.sampling.orthogonal.strategy as orthogonal  # noqa: E402
 import equinet.sampling.polyphase_layers as polyphase_layers  # noqa: E402
 from equinet.models import UNet  # noqa: E402
 from equinet.models.iunet import LiftediUNet  # noqa: E402
