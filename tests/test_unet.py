@@ -136,16 +136,16 @@ def test_architecture_follows_the_paper():
                                              ("orthogonal", {}), ("orthogonal", {"adaptive": True})])
 @pytest.mark.parametrize("padding_mode", ["zeros", "circular", "reflect"])
 def test_every_strategy_trains(sampling, kwargs, padding_mode):
-    """A few Adam steps on one fixed denoising problem: finite gradients for every parameter and
+    """12 Adam steps on one fixed denoising problem: finite gradients for every parameter and
     the loss falls to at most 60% of its first value (a strategy that blocks the gradient cannot)."""
     torch.manual_seed(0)
     net = UNet(1, 1, channels=4, depth=2, sampling=sampling, sampling_kwargs=kwargs, padding_mode=padding_mode, norm="instance")
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 24), indexing="ij")
     target = torch.stack([((xx**2 + yy**2) < r**2).float() for r in (0.5, 0.8)])[:, None]
     noisy = target + 0.3 * torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-2)
     losses = []
-    for step in range(25):
+    for step in range(12):
         optimizer.zero_grad()
         loss = (net(noisy) - target).pow(2).mean()
         loss.backward()
