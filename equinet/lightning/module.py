@@ -65,7 +65,7 @@ class ReconstructionModule(pl.LightningModule):
             "DA"): each training sample's input and target are rolled by the same shift, drawn
             uniformly from ``[-shift_augmentation, shift_augmentation]^2`` (the paper: 16) by the
             seeded torch RNG of the batch's device (drawn there, so the step does not wait on the
-            host; checkpointed per rank by :class:`~equinet.lightning.ResumableRNG`).
+            host; checkpointed by :class:`~equinet.lightning.ResumableRNG`, which saves global rank 0's RNG states).
             Validation, test and predict inputs are never shifted. ``0`` (default) disables it.
         init_from: fine-tune from a fastMRI U-Net: a ``fastmri.pl_modules.UnetModule`` Lightning
             checkpoint or a ``fastmri.models.Unet`` state dict saved with ``torch.save`` (read with
@@ -163,7 +163,7 @@ class ReconstructionModule(pl.LightningModule):
         s = self.shift_augmentation
         dims = b.input.dim() - 2
         # drawn on the batch's device by its default generator (seeded by seed_everything and
-        # checkpointed per rank by ResumableRNG): no host round trip, no blocking copy
+        # checkpointed by ResumableRNG, rank 0's states only): no host round trip, no blocking copy
         shifts = random_shifts(b.input.shape[0], dims, s, device=b.input.device)
         return b._replace(input=circular_shift(b.input, shifts), target=circular_shift(b.target, shifts))
 
