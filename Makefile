@@ -36,8 +36,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m equinet study --config experiments/study/demo.yaml $(DEMO_ARGS)
 
+# The default suite runs in one process per core (pytest-xdist; TEST_WORKERS=0 runs it serially).
+# test-all stays serial: its slow tests time studies and benchmarks that want the whole machine.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
