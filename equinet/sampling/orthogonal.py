@@ -13,7 +13,7 @@ on the CPU and, without autograd, in place (see :func:`block_down`).
 Parametrisation. ``A(theta) = Q(theta) @ B`` with ``Q(theta_0) = I``:
 
 * ``exp``: ``Q = exp(theta - theta^T)`` (Cor. 5; scaling and squaring, see :func:`matrix_exp`),
-* ``cayley``: ``Q = (I - S)^{-1} (I + S)``, ``S = theta - theta^T`` (``torch.linalg.solve``),
+* ``cayley``: ``Q = (I - S)^{-1} (I + S)``, ``S = theta - theta^T`` (``torch.linalg.solve_ex``),
 * ``householder``: ``Q = H(v_1) ... H(v_n)``, ``H(v) = I - 2 v v^T / v^T v``
   (``n_reflections``, default ``sigma``); ``theta_0`` = random vectors and
   ``B = Q(theta_0)^T A_0`` so that ``A(theta_0) = A_0``.
@@ -21,7 +21,7 @@ Parametrisation. ``A(theta) = Q(theta) @ B`` with ``Q(theta_0) = I``:
 For ``exp``/``cayley`` ``theta_0 = 0`` and ``B = A_0`` (the init), so the initial matrix is
 reproduced bit for bit and every orthogonal matrix in ``A_0``'s connected component
 (``det = det A_0``) is reachable -- including ``det = -1`` inits such as a pixel shuffle with an
-odd permutation. Gradients come from autograd through ``torch.linalg.solve`` and plain matrix
+odd permutation. Gradients come from autograd through ``torch.linalg.solve_ex`` and plain matrix
 products; there is no hand-written backward of the parametrisation to get wrong.
 
 Inits: ``"haar"`` -- the separable orthonormal DCT-II per axis (Kronecker product over axes);
@@ -54,6 +54,7 @@ from torch import nn
 from equinet.sampling.adaptive import PhaseChoice, average_over_symmetries
 from equinet.sampling.base import Downsample, Upsample, as_tuple, register_strategy
 from equinet.sampling.polyphase import max_norm_choice, roll_per_sample
+from equinet.sync_counter import takes_cpu_branch
 
 __all__ = [
     "METHODS",
@@ -178,12 +179,19 @@ _EXP_DEGREE = 18
 _EXP_COEFFS = [1.0 / math.factorial(k) for k in range(_EXP_DEGREE + 1)]
 
 
+# The most squarings matrix_exp does off the CPU branch (1-norms up to 2^16; beyond, the
+# polynomial is evaluated outside its accuracy range).
+MAX_SQUARINGS = 16
+
+
 def matrix_exp(a: torch.Tensor) -> torch.Tensor:
     """Matrix exponential by scaling and squaring of a degree-18 Taylor polynomial (batched).
 
     ``a`` is scaled by ``2^-s`` so that its 1-norm is <= 1 (truncation error <= 1/19! ~ 8e-18),
     the polynomial is evaluated with Paterson-Stockmeyer (7 matrix products) and squared ``s``
     times. Plain tensor algebra, so autograd gives the exact derivative of the approximant.
+    On the CPU ``s`` is read on the host; elsewhere (no host sync) :data:`MAX_SQUARINGS`
+    squarings run, each kept only while it is one of the ``s`` -- the same bits.
 
     Why not ``torch.linalg.matrix_exp``: in torch 2.14 its degree-8 branch (1-norms of about
     3e-4 .. 5e-2, i.e. just after initialisation at zero) has a wrong coefficient and is
@@ -191,9 +199,16 @@ def matrix_exp(a: torch.Tensor) -> torch.Tensor:
     invertibility of ``method="exp"`` layers far above float64 precision.
     """
     n = a.shape[-1]
-    norm = torch.linalg.matrix_norm(a.detach(), ord=1).max().item() if a.numel() else 0.0
-    squarings = max(0, math.ceil(math.log2(norm))) if norm > 1.0 else 0
-    x = a / (2.0**squarings) if squarings else a
+    if a.numel() == 0:
+        return a.clone()
+    norm = torch.linalg.matrix_norm(a.detach(), ord=1).amax()
+    if takes_cpu_branch(a):
+        norm = norm.item()
+        squarings = max(0, math.ceil(math.log2(norm))) if norm > 1.0 else 0
+        x = a / (2.0**squarings) if squarings else a
+    else:
+        squarings = torch.where(norm > 1.0, norm.log2().ceil(), torch.zeros_like(norm)).clamp(0, MAX_SQUARINGS)
+        x = a / torch.exp2(squarings).to(a.dtype)  # a power of two: exact, as on the CPU branch
     eye = torch.eye(n, dtype=a.dtype, device=a.device).expand_as(a)
     powers = [eye, x, x @ x]
     powers.append(powers[2] @ x)
@@ -214,8 +229,12 @@ def matrix_exp(a: torch.Tensor) -> torch.Tensor:
     result = block(n_blocks - 1)
     for j in range(n_blocks - 2, -1, -1):
         result = block(j) + x4 @ result
-    for _ in range(squarings):
-        result = result @ result
+    if isinstance(squarings, int):
+        for _ in range(squarings):
+            result = result @ result
+    else:
+        for i in range(MAX_SQUARINGS):
+            result = torch.where(squarings > i, result @ result, result)
     return result
 
 
@@ -310,7 +329,8 @@ class OrthogonalMatrices(nn.Module):
         if self.method == "exp":
             return matrix_exp(s)
         eye = torch.eye(self.size, dtype=w.dtype, device=w.device)
-        return torch.linalg.solve(eye - s, eye + s)
+        # I - S is invertible for skew S (its eigenvalues are 1 - i lambda): no check, no host sync
+        return torch.linalg.solve_ex(eye - s, eye + s)[0]
 
     def matrix(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """The orthogonal matrices ``(count, size, size)``, cast to ``dtype`` if given."""
