@@ -8,6 +8,7 @@ input from the output and back-propagate in one go (used by the memory-efficient
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -28,8 +29,27 @@ __all__ = [
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
-# See AdditiveCoupling: F is recomputed on sub-batches of about this many input elements.
+# See AdditiveCoupling: F is recomputed on sub-batches of about this many input elements on the
+# CPU (cache-sized pieces); see sub_batch_elements for accelerators.
 SUB_BATCH_ELEMENTS = 1 << 17
+
+
+def sub_batch_elements(device: torch.device) -> int:
+    """Input elements per sub-batch of a coupling's ``F`` on ``device``: :data:`SUB_BATCH_ELEMENTS`
+    on the CPU; on a CUDA GPU a float32 sub-batch of 1/1024 of its memory (clamped to 2^20..2^26
+    elements; about 2^24 on an 80 GB card: ``F``'s activations of one sub-batch then take a few
+    hundred MB, and its kernels get enough work to fill the device); 2^22 on other accelerators."""
+    if device.type == "cpu":
+        return SUB_BATCH_ELEMENTS
+    if device.type == "cuda":
+        return _cuda_sub_batch_elements(device.index if device.index is not None else torch.cuda.current_device())
+    return 1 << 22
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sub_batch_elements(index: int) -> int:
+    total = torch.cuda.get_device_properties(index).total_memory
+    return int(min(1 << 26, max(1 << 20, total // 1024 // 4)))
 
 # Module types that may make a block depend on the batch or on chance (see unsupported_for_inversion).
 SUSPECT_TYPES = (
@@ -64,7 +84,7 @@ class AdditiveCoupling(nn.Module):
     # every pass uses the same sub-batches: a recomputed F(x2) equals the forward's bit for bit.
 
     def _sub_batches(self, x: torch.Tensor) -> List[slice]:
-        step = max(1, SUB_BATCH_ELEMENTS // max(1, x[:1].numel()))
+        step = max(1, sub_batch_elements(x.device) // max(1, x[:1].numel()))
         if step >= x.shape[0]:
             return [slice(None)]
         if getattr(self, "_suspects", None) is None:  # (found once; their .training is read each time)

@@ -66,6 +66,7 @@ from equinet.models.invertible import (
     unsupported_for_inversion,
 )
 from equinet.models.memory_efficient import InvertibleProgram, MemoryEfficientBackprop, Step
+from equinet.sampling.adaptive import decide_once, stateful_modules
 from equinet.sampling.orthogonal import InitSpec, invertible_downsampling, invertible_upsampling
 
 __all__ = [
@@ -465,8 +466,15 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
         """The iUNet map ``x -> y`` (same shape)."""
         self._check_input(x, "input")
         x, pad = self._pad(x)
-        y = self._execute(self._program, [x])[0]
+        y = decide_once(lambda: self._execute(self._program, [x])[0], self._stateful_modules(), x.device)
         return self._crop(y, pad)
+
+    def _stateful_modules(self) -> List[nn.Module]:
+        """(Found once: what a redo of :func:`~equinet.sampling.adaptive.decide_once` restores.)"""
+        stateful = getattr(self, "_stateful", None)
+        if stateful is None:
+            stateful = self._stateful = stateful_modules(self)
+        return stateful
 
     @torch.no_grad()
     def grid_choices_decided(self, x: torch.Tensor) -> torch.Tensor:
@@ -486,7 +494,7 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
         """The exact inverse: ``inverse(forward(x)) == x`` up to rounding (plain autograd)."""
         self._check_input(y, "inverse input")
         y, pad = self._pad(y)
-        x = self._program.run_inverse([y])[0]
+        x = decide_once(lambda: self._program.run_inverse([y])[0], self._stateful_modules(), y.device)
         return self._crop(x, pad)
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -495,13 +503,15 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
         x, pad = self._pad(x)
         if pad is not None:
             raise ValueError("encode() takes inputs divisible by downsampling_factors; pad them first")
-        return tuple(self._execute(self._encoder_program, [x]))
+        return tuple(decide_once(lambda: self._execute(self._encoder_program, [x]), self._stateful_modules(),
+                                 x.device))
 
     def decode(self, *codes: torch.Tensor) -> torch.Tensor:
         """The right side: ``decode(*encode(x)) == forward(x)``."""
         if len(codes) != self.num_levels:
             raise ValueError(f"decode() needs {self.num_levels} codes (encode()'s output), got {len(codes)}")
-        return self._execute(self._decoder_program, list(codes))[0]
+        return decide_once(lambda: self._execute(self._decoder_program, list(codes))[0], self._stateful_modules(),
+                           codes[0].device)
 
     def layout(self) -> str:
         """Text layout like the ``iunets`` library: ``C-C-(skip/down)`` per level, mirrored."""

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equinet.sampling.adaptive import decide_once, stateful_modules
 from equinet.sampling.base import PADDING_MODES, create_strategy
 from equinet.sampling.layers import conv_nd
 
@@ -170,6 +171,7 @@ class UNet(nn.Module):
         self.total_stride: Tuple[int, ...] = tuple(factor)
         # fastMRI's odd sizes: floor pooling + reflect padding take any size of >= 1 pixel per level
         self.pads_odd_sizes = layout == "fastmri" and sampling in FLOOR_POOLING
+        self._stateful: Optional[List[nn.Module]] = None
         self.size_multiple: Tuple[int, ...] = (1,) * dim if self.pads_odd_sizes else self.total_stride
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -197,7 +199,15 @@ class UNet(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x -> y``; the adaptive grid choices of all levels are checked on the host once, at the
+        end (:func:`~equinet.sampling.adaptive.decide_once`: at most one host sync)."""
         self.check_input(x)
+        stateful = getattr(self, "_stateful", None)
+        if stateful is None:  # (found once; their .training is read each call)
+            stateful = self._stateful = stateful_modules(self)
+        return decide_once(lambda: self._forward(x), stateful, x.device)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.inc(x)
         skips: List[torch.Tensor] = []
         states: List[Any] = []

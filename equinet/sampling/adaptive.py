@@ -52,6 +52,16 @@ its learned logit) whose exact value ``a_k`` is a sum over the values of compone
    which leaves branch ``r`` unchanged). The mean adds its copies in sorted order, so it keeps
    the symmetries bit for bit.
 
+One host sync per forward. Deciding whether step 1 succeeded is a question the host must ask
+the device (``bool(certain.all())``), and every level asking it would stall a CUDA stream once per
+level. Inside :func:`decide_once` (what ``UNet.forward`` and the iUNet's ``forward``/``inverse``
+run in) a level instead keeps the argmax and hands its "not certain" flags to the enclosing call;
+after the whole forward the flags of every level are checked once, and only if some sample was
+not certain is the forward run again with the rule of steps 1-4 inline (its state restored first:
+batch-norm running statistics and the random number generators, so the redo leaves no trace).
+Where every level is certain the result is the argmax -- what the inline rule returns too -- so
+the two ways give the same bits; where one is not, the redo *is* the inline rule.
+
 What "exactly" needs: the features reaching the choice must be shifted bit for bit when the
 input is (circular float32 convolutions, pointwise layers, batch norm in eval mode -- tested on
 CPU). PyTorch's float64 CPU convolution is not position-uniform (a constant image does not give
@@ -65,10 +75,12 @@ keep the plain argmax.
 from __future__ import annotations
 
 import math
+import threading
 from fractions import Fraction
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 import torch
+from torch import nn
 
 __all__ = [
     "PhaseChoice",
@@ -79,6 +91,9 @@ __all__ = [
     "rotation_ranks",
     "average_over_symmetries",
     "circular_shift_per_sample",
+    "decide_once",
+    "defer_undecided",
+    "stateful_modules",
     "gamma",
     "unit_roundoff",
     "ravel_phase",
@@ -271,6 +286,114 @@ def _resolve_ties(h: torch.Tensor, tied: torch.Tensor, stride: Sequence[int]):
 
 
 # --------------------------------------------------------------------------------------------
+# one check per forward (module docstring, "One host sync per forward")
+# --------------------------------------------------------------------------------------------
+class _Pending:
+    """The flags of the levels run so far in a :func:`decide_once` call (``exact``: the redo)."""
+
+    __slots__ = ("flags", "exact")
+
+    def __init__(self, exact: bool = False) -> None:
+        self.flags: List[torch.Tensor] = []
+        self.exact = exact
+
+
+_LOCAL = threading.local()
+T = TypeVar("T")
+
+
+def defer_undecided(undecided: torch.Tensor) -> bool:
+    """Called by a level with its per-sample "fast test failed" flags (bool ``(B,)``, on the
+    device). Inside the first pass of a :func:`decide_once` call: records them and returns True --
+    the level keeps its fast choice, no sync. Otherwise (no such call, or its redo): False, and
+    the level applies the rule inline."""
+    pending = getattr(_LOCAL, "pending", None)
+    if pending is None or pending.exact:
+        return False
+    pending.flags.append(undecided.reshape(-1))
+    return True
+
+
+_STATEFUL = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def stateful_modules(module: nn.Module) -> List[nn.Module]:
+    """The submodules whose forward changes state a redo must restore: batch norms (running
+    statistics) and dropouts (the random number generator)."""
+    return [m for m in module.modules() if isinstance(m, _STATEFUL)]
+
+
+def _snapshot(modules: Sequence[nn.Module], device: torch.device):
+    """What a training forward of ``modules`` changes, saved for :func:`_restore` (``None``:
+    nothing; eval-mode modules change nothing)."""
+    buffers, rng = [], False
+    for m in modules:
+        if not m.training:
+            continue
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            rng = rng or m.p > 0
+        else:
+            buffers += [b for b in m.buffers(recurse=False) if b is not None]
+    if not buffers and not rng:
+        return None
+    saved = [b.clone() for b in buffers]
+    states = None
+    if rng:
+        states = [torch.get_rng_state()]
+        backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+        if backend is not None and hasattr(backend, "get_rng_state"):
+            states.append(backend.get_rng_state(device) if device.type == "cuda" else backend.get_rng_state())
+    return buffers, saved, states, device
+
+
+def _restore(snapshot) -> None:
+    if snapshot is None:
+        return
+    buffers, saved, states, device = snapshot
+    with torch.no_grad():
+        for b, s in zip(buffers, saved):
+            b.copy_(s)
+    if states:
+        torch.set_rng_state(states[0])
+        if len(states) > 1:
+            backend = getattr(torch, device.type)
+            if device.type == "cuda":
+                backend.set_rng_state(states[1], device)
+            else:
+                backend.set_rng_state(states[1])
+
+
+def decide_once(run: Callable[[], T], modules: Sequence[nn.Module] = (),
+                device: Optional[torch.device] = None) -> T:
+    """``run()`` with every adaptive choice inside it checked once, at the end (one host sync;
+    none if no level is adaptive): if some level's fast test failed for some sample, ``modules``'
+    state (:func:`stateful_modules`) is restored and ``run()`` repeated with the rule inline.
+    Nested calls join the outermost one."""
+    if getattr(_LOCAL, "pending", None) is not None:
+        return run()
+    pending = _Pending()
+    snapshot = _snapshot(modules, device or torch.device("cpu")) if modules else None
+    _LOCAL.pending = pending
+    try:
+        out = run()
+    finally:
+        _LOCAL.pending = None
+    flags = pending.flags
+    if not flags:
+        return out
+    undecided = flags[0] if len(flags) == 1 else torch.cat(flags)
+    if not bool(undecided.any()):  # the one host sync
+        return out
+    del out
+    _restore(snapshot)
+    _LOCAL.pending = _Pending(exact=True)
+    try:
+        return run()
+    finally:
+        _LOCAL.pending = None
+
+
+# --------------------------------------------------------------------------------------------
 # the rule
 # --------------------------------------------------------------------------------------------
 def choose_phase(
@@ -286,11 +409,13 @@ def choose_phase(
     ``|scores - exact| <= bound``; ``exact(samples)`` returns the exact criteria of those samples,
     ``len(samples) * K`` rationals, sample-major (:func:`exact_values`); ``h`` the tensor whose
     content breaks remaining ties (it must move with the criterion under shifts). Samples passing
-    the gap test cost nothing beyond it.
+    the gap test cost nothing beyond it; inside :func:`decide_once` the test costs no host sync.
     """
     stride = tuple(stride)
     top, certain = certain_argmax(scores, bound)
     index = unravel_phase(top, stride)
+    if defer_undecided(~certain):
+        return PhaseChoice(index)
     if bool(certain.all()):
         return PhaseChoice(index)
     unsure = (~certain).nonzero().squeeze(1)

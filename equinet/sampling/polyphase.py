@@ -20,6 +20,7 @@ from equinet.sampling.adaptive import (
     PhaseChoice,
     certain_argmax,
     choose_phase,
+    defer_undecided,
     exact_values,
     gamma,
     ravel_phase,
@@ -27,10 +28,11 @@ from equinet.sampling.adaptive import (
     unravel_phase,
 )
 from equinet.sampling.layers import conv_function
+from equinet.sync_counter import takes_cpu_branch
 
 __all__ = [
     "polyphase_view", "polyphase_norms", "norm_rounding_bound", "exact_norms", "max_norm_choice",
-    "max_norm_phase", "invertible_phase", "ravel_phase", "unravel_phase", "select_polyphase",
+    "max_norm_phase", "invertible_phase", "feature_eps", "ravel_phase", "unravel_phase", "select_polyphase",
     "place_polyphase", "mix_polyphase", "roll_per_sample", "roll_mix",
 ]
 
@@ -63,39 +65,50 @@ def _offset_dims(d: int) -> Tuple[int, ...]:
     return tuple(3 + 2 * i for i in range(d))
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Per-pixel channel sums in at least float32 (half-precision sums would make the rounding
-    bound of :func:`max_norm_choice` so wide that every sample took the exact path)."""
-    return dtype if torch.finfo(dtype).eps <= torch.finfo(torch.float32).eps else torch.float32
+# On the CPU the float64 norms are accumulated in pieces of about this many elements (a cast copy
+# of a piece stays in cache; a float64 copy of the whole input costs more than the rest of APS-D);
+# elsewhere in one piece up to the larger size (to bound the temporary memory).
+_NORM_PIECE_ELEMENTS = 1 << 16
+_DEVICE_NORM_PIECE_ELEMENTS = 1 << 24
+
+
+def _channel_pieces(x: torch.Tensor) -> List[slice]:
+    B, C = x.shape[:2]
+    limit = _NORM_PIECE_ELEMENTS if x.device.type == "cpu" else _DEVICE_NORM_PIECE_ELEMENTS
+    per_channel = max(1, x.numel() // max(1, C))
+    step = max(1, limit // per_channel)
+    return [slice(c, c + step) for c in range(0, C, step)]
 
 
 def polyphase_norms(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> torch.Tensor:
     """l_p norm (to the power p) of every polyphase component, jointly over channels and pixels.
 
-    Returns a float64 tensor ``(B, s_1, ..., s_d)``. The per-pixel sum over channels is done in
-    the input dtype (float32 for 16-bit inputs); the sum over pixels is accumulated in float64,
-    and no full-size float64 copy is made (that cast costs more than the rest of APS-D). The
-    rounding error is bounded by :func:`norm_rounding_bound`; ties are the job of
-    :func:`max_norm_choice`.
+    Returns a float64 tensor ``(B, s_1, ..., s_d)``. Every term ``|v|^p`` is formed and summed in
+    float64 (exact terms for ``p`` in {1, 2} and inputs of float32 precision or less), so the
+    rounding error is that of a float64 sum, bounded by :func:`norm_rounding_bound` (about
+    ``E 1e-16`` relative for ``E`` terms): far below the gaps between components of real data,
+    which the fast test of :mod:`equinet.sampling.adaptive` therefore decides. Ties are the job of
+    :func:`max_norm_choice`. The float64 values are made a piece of channels at a time, on the
+    device, never as a full-size copy.
     """
-    if x.dtype != _work_dtype(x.dtype):
-        x = x.to(_work_dtype(x.dtype))
-    # (keepdim=False then unsqueeze: the keepdim reduction kernel is ~3x slower on CPU)
-    if p == float("inf"):
-        per_pixel = x.abs().amax(dim=1)
-    elif p == 2:
-        per_pixel = torch.linalg.vecdot(x, x, dim=1)  # one fused pass over x
-    elif p == 1:
-        per_pixel = x.abs().sum(dim=1)
-    else:
-        per_pixel = x.abs().pow(p).sum(dim=1)
-    per_pixel = per_pixel.unsqueeze(1)
+    _check_divisible(x, stride)
     d = len(stride)
-    reduce_dims = (1,) + tuple(2 + 2 * i for i in range(d))
-    view = polyphase_view(per_pixel, stride)
-    if p == float("inf"):
-        return view.amax(dim=reduce_dims).to(torch.float64)
-    return view.sum(dim=reduce_dims, dtype=torch.float64)
+    if p == float("inf"):  # maxima are exact in any dtype
+        # (keepdim=False then unsqueeze: the keepdim reduction kernel is ~3x slower on CPU)
+        view = polyphase_view(x.abs().amax(dim=1).unsqueeze(1), stride)
+        return view.amax(dim=(1,) + tuple(2 + 2 * i for i in range(d))).to(torch.float64)
+    acc = None
+    for piece in _channel_pieces(x):
+        v = x[:, piece].to(torch.float64)  # (x itself if float64: nothing below writes to v)
+        if p == 2:
+            term = torch.linalg.vecdot(v, v, dim=1)  # one fused pass: sum over the piece's channels
+        elif p == 1:
+            term = v.abs().sum(dim=1)
+        else:
+            term = v.abs().pow(p).sum(dim=1)
+        acc = term if acc is None else acc.add_(term)
+    view = polyphase_view(acc.unsqueeze(1), stride)
+    return view.sum(dim=(1,) + tuple(2 + 2 * i for i in range(d)))
 
 
 def norm_rounding_bound(norms: torch.Tensor, x: torch.Tensor, stride: Sequence[int],
@@ -103,18 +116,20 @@ def norm_rounding_bound(norms: torch.Tensor, x: torch.Tensor, stride: Sequence[i
     """``beta >= |norms - a|`` for :func:`polyphase_norms`, ``a`` the exact sum over the component of
     the float64 terms ``|v|^p`` that :func:`max_norm_choice` compares on its exact path.
 
-    Any summation order: ``gamma_{C+3}`` in the working precision covers the per-pixel channel
-    sum and the rounding of ``|v|^p`` (<= 1 ulp), ``gamma_{n+2}`` in float64 the sum over the
-    ``n`` pixels and the float64 terms; the smallest subnormal per term covers underflow. Doubled
-    for safety: a wider bound only sends more samples down the exact path. ``p = inf`` is exact.
+    A component has ``E = C n`` terms (``C`` channels, ``n`` pixels). Each float64 term is exact
+    (``p`` in {1, 2}, inputs of float32 precision or less) or within ``2u`` of the exact path's
+    (one rounding each; ``pow``: allow ``4u``), ``u = 2^-53``. A float64 sum of ``E`` terms of one
+    sign, in any order, is within ``gamma_{E-1}(u)`` of its exact value (Higham, Thm. 4.3 / eq.
+    (4.4)); together ``|f - a| <= gamma_{E+4}(u) a``, and ``a <= f / (1 - gamma)``. Terms that
+    underflow (float64 inputs only) add at most ``2^-1074`` each. Doubled for safety -- a wider bound
+    only sends more samples down the exact path: ``beta = 2 (gamma_{E+4}(u) f + E 2^-1074)``, about
+    ``2 E 1.1e-16`` relative. ``p = inf`` is exact.
     """
     if p == float("inf"):
         return torch.zeros_like(norms)
-    work = torch.finfo(_work_dtype(x.dtype))
-    channels = x.shape[1]
-    pixels = math.prod(x.shape[2:]) // math.prod(stride)
-    rel = gamma(channels + 3, work.eps / 2) + gamma(pixels + 2, unit_roundoff(torch.float64))
-    underflow = (channels + 3) * pixels * work.tiny * work.eps
+    terms = x.shape[1] * (math.prod(x.shape[2:]) // math.prod(stride))
+    rel = gamma(terms + 4, unit_roundoff(torch.float64))
+    underflow = terms * 2.0**-1074
     return 2 * (rel * norms + underflow)
 
 
@@ -167,7 +182,21 @@ def max_norm_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0) -> to
     return max_norm_choice(x, stride, p).index
 
 
-INVERTIBLE_MARGIN = 128  # in units of the working dtype's eps: see invertible_phase
+INVERTIBLE_MARGIN = 128  # in units of the feature dtype's eps: see invertible_phase
+
+
+def feature_eps(x: torch.Tensor) -> float:
+    """Machine epsilon of the precision the layers around ``x`` compute in: ``x``'s dtype, or the
+    autocast dtype where autocast is on for ``x``'s device and coarser (``bf16-mixed``:
+    convolutions and matrix products round to bfloat16 although ``x`` is float32)."""
+    eps = torch.finfo(x.dtype).eps if x.is_floating_point() else torch.finfo(torch.float32).eps
+    device = x.device.type
+    try:
+        if torch.is_autocast_enabled(device):
+            eps = max(eps, torch.finfo(torch.get_autocast_dtype(device)).eps)
+    except (RuntimeError, TypeError):  # a device type without autocast
+        pass
+    return eps
 
 
 def _neighbour_products(x: torch.Tensor, offset: Sequence[int]) -> torch.Tensor:
@@ -175,6 +204,89 @@ def _neighbour_products(x: torch.Tensor, offset: Sequence[int]) -> torch.Tensor:
     summed over a component, the correlation of the component with its neighbours at ``offset``."""
     xd = x.to(torch.float64)
     return xd * xd.roll([-o for o in offset], dims=tuple(range(2, x.dim())))
+
+
+def _energy_bounds(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds, float64 ``(B,)``, of the exact ``sum v^2`` over each row of ``v``
+    ``(B, n)``: one fused float32 (or float64) pass ``e``, whose rounding -- ``g = gamma_{n+1}``
+    relative, any order, products and sums (Higham, eq. (3.5)) -- is allowed for both ways:
+    ``e (1 - g) <= E <= e (1 + 2g)`` (``g <= 1/4``; otherwise the pass is made in float64)."""
+    work = v if v.dtype in (torch.float32, torch.float64) else v.float()
+    g = gamma(v.shape[1] + 1, unit_roundoff(work.dtype))
+    if g > 0.25:  # too many terms for the working precision: accumulate in float64
+        work, g = work.to(torch.float64), gamma(v.shape[1] + 1, unit_roundoff(torch.float64))
+    e = torch.linalg.vecdot(work, work).to(torch.float64)
+    return e * (1 - g), e * (1 + 2 * g)
+
+
+def _first_offset(d: int) -> Tuple[int, ...]:
+    """The first neighbour offset of step 2 of :func:`invertible_phase`: ``(0, .., 0, 1)``."""
+    return (0,) * (d - 1) + (1,)
+
+
+def _norms_and_correlations(x: torch.Tensor, stride: Sequence[int], p: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`polyphase_norms` and, in the same float64 pieces, every component's correlation with
+    its neighbours at :func:`_first_offset`, ``sum_p x(p) x(p + o)`` (both float64 ``(B, K)``)."""
+    d = len(stride)
+    reduce = (1,) + tuple(2 + 2 * i for i in range(d))
+    if p != 2:
+        norms = polyphase_norms(x, stride, p).flatten(1)
+    acc_n = acc_c = None
+    for piece in _channel_pieces(x):
+        v = x[:, piece].to(torch.float64)
+        c = torch.linalg.vecdot(v, v.roll(-1, dims=-1), dim=1)
+        acc_c = c if acc_c is None else acc_c.add_(c)
+        if p == 2:
+            n = torch.linalg.vecdot(v, v, dim=1)
+            acc_n = n if acc_n is None else acc_n.add_(n)
+    corr = polyphase_view(acc_c.unsqueeze(1), stride).sum(dim=reduce).flatten(1)
+    if p == 2:
+        norms = polyphase_view(acc_n.unsqueeze(1), stride).sum(dim=reduce).flatten(1)
+    return norms, corr
+
+
+def _device_steps(norms, bound, corr, x, other, stride, p, t) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-2 of :func:`invertible_phase` (step 2 at its first offset) in float64 on the device,
+    as interval tests: ``(decided (B,), index (B, d))``, decided where they settle the exact rule.
+
+    ``a_k`` (exact norms) lie within ``bound`` of ``norms``; the exact correlations within
+    ``cb = 2 (gamma_{E+4}(2^-53) E_up + E 2^-1074)`` of ``corr`` (``E`` terms per component, whose
+    absolute values sum to at most the energy, Cauchy-Schwarz); ``m = t sqrt(A_max E)`` within
+    ``[m_lo, m_hi]`` (bounds of ``A_max`` and ``E``, times ``1 -+ 1e-9`` for the rounding of these
+    few float64 operations). A phase is surely kept if the largest possible ``max a - a_k`` is at
+    most ``m_lo``, surely dropped if the smallest possible exceeds ``m_hi``; the same with the
+    correlations among the kept. Where every phase is sure and one is left, the exact rule leaves
+    that one -- the same bits, without a host sync. Step 1 alone (the top beats every other by
+    ``m_hi`` plus the bounds) is the common case.
+    """
+    E_terms = x.shape[1] * (math.prod(x.shape[2:]) // math.prod(stride))
+    if p == 2:
+        e_lo, e_hi = (norms - bound).sum(dim=1), (norms + bound).sum(dim=1)
+    else:
+        e_lo, e_hi = _energy_bounds(x.flatten(1))
+    for o in other:
+        lo, hi = _energy_bounds(o)
+        e_lo, e_hi = e_lo + lo, e_hi + hi
+    a_hi = (norms + bound).amax(dim=1, keepdim=True)
+    a_lo = (norms - bound).amax(dim=1, keepdim=True)
+    m_hi = ((1 + 1e-9) * t) * (a_hi * e_hi[:, None]).sqrt()
+    m_lo = ((1 - 1e-9) * t) * (a_lo.clamp_min(0) * e_lo.clamp_min(0)[:, None]).sqrt()
+    # step 1: the top phase beats every other by more than m_hi
+    top, decided = certain_argmax(norms, bound + 0.5 * m_hi)
+    # step 2, first offset: which phases are surely within m of the best norm ...
+    keep = a_hi - (norms - bound) <= m_lo
+    sure = keep | (a_lo - (norms + bound) > m_hi)
+    # ... and, among those, within m of the best correlation
+    cb = 2 * (gamma(E_terms + 4, unit_roundoff(torch.float64)) * e_hi[:, None] + E_terms * 2.0**-1074)
+    lowest = torch.full_like(corr, float("-inf"))
+    c_hi = torch.where(keep, corr + cb, lowest).amax(dim=1, keepdim=True)
+    c_lo = torch.where(keep, corr - cb, lowest).amax(dim=1, keepdim=True)
+    kept = keep & (c_hi - (corr - cb) <= m_lo)
+    sure = sure & (~keep | kept | (c_lo - (corr + cb) > m_hi))
+    by_step2 = sure.all(dim=1) & (kept.sum(dim=1) == 1)
+    first = kept.to(torch.uint8).argmax(dim=1)
+    index = unravel_phase(torch.where(decided, top, first), stride)
+    return decided | by_step2, index
 
 
 def invertible_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0,
@@ -185,7 +297,7 @@ def invertible_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0,
     the forward's only up to the rounding of the layers it was reconstructed through: about
     ``eps sqrt(E)`` with ``E = ||x||^2 + ||other||^2`` the energy of the whole level (``other``:
     the tensor being resampled; measured: 0.4 to 2 ``eps sqrt(E)``). So every decision needs a
-    margin ``m = t sqrt(A_max E)`` (``t = 128 eps`` of the working dtype; ``A_k`` the exact
+    margin ``m = t sqrt(A_max E)`` (``t = 128 eps``, :func:`feature_eps`; ``A_k`` the exact
     component norms to the power ``p``) that the reconstruction cannot cross:
 
     1. the phase of the largest norm if it beats every other by more than ``m`` (plus the
@@ -201,25 +313,19 @@ def invertible_phase(x: torch.Tensor, stride: Sequence[int], p: float = 2.0,
     -- it cannot be, for a skip with a symmetry that moves the grid (proof in
     :mod:`equinet.models.iunet`) -- but it is stable under rounding, so the inverse stays exact.
     No averaging: a single grid per level keeps the inverse a layer-by-layer computation
-    without side information.
+    without side information. Step 1 and the first offset of step 2 run on the device
+    (:func:`_device_steps`); inside :func:`~equinet.sampling.adaptive.decide_once` the samples
+    they leave are checked once per forward, and only those go through the exact sums.
     """
     x = x.detach()
     stride = tuple(stride)
     K = math.prod(stride)
-    t = INVERTIBLE_MARGIN * torch.finfo(_work_dtype(x.dtype)).eps
-    norms = polyphase_norms(x, stride, p).flatten(1)
-    # E, cheaply: ||x||^2 from the norms (p = 2), ||other||^2 in one fused pass; doubled, so that
-    # the fast path's margin is at least the exact one of step 2 whatever their rounding
-    other = [o.detach().flatten(1) for o in ([other] if isinstance(other, torch.Tensor) else other)]
-    energy = norms.sum(dim=1) if p == 2 else torch.linalg.vecdot(x.flatten(1), x.flatten(1)).to(torch.float64)
-    for o in other:
-        energy = energy + torch.linalg.vecdot(o, o).to(torch.float64)
+    t = INVERTIBLE_MARGIN * feature_eps(x)
+    norms, corr = _norms_and_correlations(x, stride, p)
     bound = norm_rounding_bound(norms, x, stride, p)
-    top_norm = (norms + bound).amax(dim=1, keepdim=True)
-    margin = 2 * bound + t * (top_norm * 2 * energy[:, None]).sqrt()
-    top, decided = certain_argmax(norms, margin)
-    index = unravel_phase(top, stride)
-    if bool(decided.all()):
+    other = [o.detach().flatten(1) for o in ([other] if isinstance(other, torch.Tensor) else other)]
+    decided, index = _device_steps(norms, bound, corr, x, other, stride, p, t)
+    if defer_undecided(~decided) or bool(decided.all()):
         return index, decided
     unsure = (~decided).nonzero().squeeze(1)
     sub = x.index_select(0, unsure)
@@ -339,7 +445,7 @@ def roll_per_sample(x: torch.Tensor, shifts: torch.Tensor, periods: Sequence[int
     d = len(periods)
     if shifts.shape != (x.shape[0], d):
         raise ValueError(f"shifts must have shape ({x.shape[0]}, {d}), got {tuple(shifts.shape)}")
-    if x.device.type == "cpu":
+    if takes_cpu_branch(x):
         return _RollPerSample.apply(x, shifts, sign)
     return _masked_rolls(x, shifts, periods, sign)
 

@@ -135,9 +135,9 @@ class LPSLogits(nn.Module):
 
     @staticmethod
     def sums(scores: torch.Tensor) -> torch.Tensor:
-        """``(B, S)`` float64 sums of :meth:`scores` over channels (working dtype) and pixels (float64)."""
-        per_pixel = scores.sum(dim=2)  # sum over channels in the working dtype
-        return per_pixel.flatten(2).sum(dim=2, dtype=torch.float64).t()
+        """``(B, S)`` sums of :meth:`scores` over channels and pixels, accumulated in float64
+        (whatever the scores' dtype: a bfloat16 channel sum would round at 2^-9)."""
+        return scores.flatten(2).sum(dim=2, dtype=torch.float64).t()
 
     def forward(self, h: torch.Tensor, stride: Tuple[int, ...]) -> torch.Tensor:
         """Logits ``(B, s_1 * ... * s_d)``: mean score per component, row-major component order."""
@@ -182,15 +182,16 @@ class LPSDown(Downsample):
         return select_polyphase(h, choice.index, self.stride), state
 
     def _choose(self, scores: torch.Tensor, sums: torch.Tensor, m: torch.Tensor):
-        """Eval choice: argmax of the score sums with the tie rule. The bound covers the channel
-        sum in the working dtype and the float64 pixel sum, relative to the sum of ``|scores|``;
-        the exact criterion is the exact sum of the scorer's outputs over the component."""
-        S, B = scores.shape[:2]
+        """Eval choice: argmax of the score sums with the tie rule; the exact criterion is the exact
+        sum of the scorer's outputs over the component. Bound: the ``E`` scores of a component
+        (any dtype up to float64) are exact float64 terms, so their float64 sum in any order is
+        within ``gamma_{E-1}(2^-53)`` times the sum of ``|scores|`` (Higham, eq. (4.4)); that sum,
+        itself rounded, is covered by doubling: ``beta = 2 gamma_{E+1} sum |s|``, about
+        ``2 E 1.1e-16`` relative -- computed in float64 whatever the feature dtype."""
         per_component = scores[0, 0].numel()
-        hidden, pixels = scores.shape[2], per_component // scores.shape[2]
-        magnitude = scores.abs().sum(dim=2).flatten(2).sum(dim=2, dtype=torch.float64).t()
-        rel = gamma(hidden + 1, unit_roundoff(scores.dtype)) + gamma(pixels + 1, unit_roundoff(torch.float64))
-        bound = 2 * rel * magnitude
+        S = scores.shape[0]
+        magnitude = scores.abs().flatten(2).sum(dim=2, dtype=torch.float64).t()
+        bound = 2 * gamma(per_component + 1, unit_roundoff(torch.float64)) * magnitude
 
         def exact(samples: torch.Tensor):
             rows = scores.index_select(1, samples).transpose(0, 1).reshape(samples.numel() * S, -1)
