@@ -74,10 +74,11 @@ keep the plain argmax.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from fractions import Fraction
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -93,6 +94,7 @@ __all__ = [
     "circular_shift_per_sample",
     "decide_once",
     "defer_undecided",
+    "record_undecided",
     "stateful_modules",
     "gamma",
     "unit_roundoff",
@@ -302,6 +304,19 @@ _LOCAL = threading.local()
 T = TypeVar("T")
 
 
+@contextlib.contextmanager
+def record_undecided() -> Iterator[List[List[torch.Tensor]]]:
+    """Diagnostics: within the context every outermost :func:`decide_once` call appends the
+    "fast test failed" flags of its first pass, one bool ``(B,)`` tensor per adaptive level in
+    forward order, to the yielded list (kept on the device: recording costs no host sync)."""
+    previous = getattr(_LOCAL, "record", None)
+    _LOCAL.record = record = []
+    try:
+        yield record
+    finally:
+        _LOCAL.record = previous
+
+
 def defer_undecided(undecided: torch.Tensor) -> bool:
     """Called by a level with its per-sample "fast test failed" flags (bool ``(B,)``, on the
     device). Inside the first pass of a :func:`decide_once` call: records them and returns True --
@@ -379,6 +394,9 @@ def decide_once(run: Callable[[], T], modules: Sequence[nn.Module] = (),
     finally:
         _LOCAL.pending = None
     flags = pending.flags
+    record = getattr(_LOCAL, "record", None)
+    if record is not None:
+        record.append(list(flags))
     if not flags:
         return out
     undecided = flags[0] if len(flags) == 1 else torch.cat(flags)
