@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) experiments/benchmarks/tie_overhead.py
 	$(PY) experiments/benchmarks/iunet_memory.py
 	$(PY) experiments/benchmarks/data_throughput.py
+	$(PY) experiments/benchmarks/host_syncs.py --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
