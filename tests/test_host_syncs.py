@@ -166,3 +166,28 @@ def test_coupling_sub_batches_follow_the_device_size(monkeypatch):
     assert coupling._sub_batches(x) == [slice(None)]
     monkeypatch.setattr(invertible, "sub_batch_elements", lambda device: 2 * x[:1].numel())
     assert len(coupling._sub_batches(x)) == 4
+
+
+def _redo_flag_worker(rank, world, init_file, results):
+    import torch.distributed as dist
+
+    from equinet.sampling.adaptive import _any_across_ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        bn = torch.nn.SyncBatchNorm(2).train()
+        flag = torch.tensor(rank == 1)  # only rank 1 saw an undecided sample
+        results[rank] = (bool(_any_across_ranks(flag, [bn])), bool(_any_across_ranks(torch.tensor(False), [bn])),
+                         bool(_any_across_ranks(flag, [bn.eval()])))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_redo_decision_is_collective_under_sync_batchnorm(tmp_path):
+    """A training SyncBatchNorm's forward is a collective: if one rank redoes the forward, all do
+    (else the ranks' collectives would no longer match and DDP would hang)."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_redo_flag_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    assert dict(results) == {0: (True, False, False), 1: (True, False, True)}

@@ -378,12 +378,29 @@ def _restore(snapshot) -> None:
                 backend.set_rng_state(states[1])
 
 
+def _any_across_ranks(flag: torch.Tensor, modules: Sequence[nn.Module]) -> torch.Tensor:
+    """``flag``, or-ed over the ranks of a training ``SyncBatchNorm``'s process group: its forward
+    is a collective, so a redo must run on every rank of the group or on none (an all-reduce on
+    the device, no extra host sync)."""
+    sync_bn = [m for m in modules if isinstance(m, nn.SyncBatchNorm) and m.training]
+    dist = torch.distributed
+    if not sync_bn or not dist.is_available() or not dist.is_initialized():
+        return flag
+    group = sync_bn[0].process_group or dist.group.WORLD
+    if dist.get_world_size(group) <= 1:
+        return flag
+    flag = flag.to(torch.int32).reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    return flag[0]
+
+
 def decide_once(run: Callable[[], T], modules: Sequence[nn.Module] = (),
                 device: Optional[torch.device] = None) -> T:
     """``run()`` with every adaptive choice inside it checked once, at the end (one host sync;
     none if no level is adaptive): if some level's fast test failed for some sample, ``modules``'
-    state (:func:`stateful_modules`) is restored and ``run()`` repeated with the rule inline.
-    Nested calls join the outermost one."""
+    state (:func:`stateful_modules`) is restored and ``run()`` repeated with the rule inline
+    (on every rank of a training ``SyncBatchNorm``'s group if on one). Nested calls join the
+    outermost one."""
     if getattr(_LOCAL, "pending", None) is not None:
         return run()
     pending = _Pending()
@@ -400,7 +417,7 @@ def decide_once(run: Callable[[], T], modules: Sequence[nn.Module] = (),
     if not flags:
         return out
     undecided = flags[0] if len(flags) == 1 else torch.cat(flags)
-    if not bool(undecided.any()):  # the one host sync
+    if not bool(_any_across_ranks(undecided.any(), modules)):  # the one host sync
         return out
     del out
     _restore(snapshot)
