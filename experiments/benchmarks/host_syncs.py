@@ -54,8 +54,9 @@ def natural_batch(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     crops = []
     for i in range(batch):
         image = torch.from_numpy(natural_image(IMAGES[i % len(IMAGES)]))
-        image = torch.nn.functional.interpolate(image[None, None], size=max(size, min(image.shape)), mode="area")[0, 0] \
-            if min(image.shape) < size else image
+        if min(image.shape) < size:  # (not with the bundled images at the default sizes)
+            image = torch.nn.functional.interpolate(image[None, None], size=(max(size, image.shape[0]),
+                                                    max(size, image.shape[1])), mode="bilinear")[0, 0]
         top = int(torch.randint(0, image.shape[0] - size + 1, (1,), generator=g))
         left = int(torch.randint(0, image.shape[1] - size + 1, (1,), generator=g))
         crop = image[top:top + size, left:left + size]
@@ -134,7 +135,8 @@ def lightning_step_syncs(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return counter.result
 
 
-def measure(name: str, args, device: torch.device, x: torch.Tensor, y: torch.Tensor) -> List[dict]:
+def measure(name: str, args, device: torch.device, x: torch.Tensor, y: torch.Tensor,
+            many: torch.Tensor) -> List[dict]:
     torch.manual_seed(0)
     net = NETWORKS[name](args.channels, args.depth).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -143,18 +145,18 @@ def measure(name: str, args, device: torch.device, x: torch.Tensor, y: torch.Ten
     for state in ("init", "trained"):
         steps = 0
         if state == "trained":
-            start = time.perf_counter()
             net.train()
-            while time.perf_counter() - start < args.train_seconds or steps < 3:
-                xi = noisy(y, g)
-                train_step_fn(net, opt, xi, y)()
-                steps += 1
+            for steps in range(1, args.train_steps + 1):
+                train_step_fn(net, opt, noisy(y, g), y)()
         net.train()
         train_step_fn(net, opt, x, y)()  # warm (lazy state, Adam's moments)
         train, train_where, train_flags = count(train_step_fn(net, opt, x, y))
         net.eval()
         with torch.no_grad():
-            ev, ev_where, ev_flags = count(lambda: net(x))
+            ev, ev_where, _ = count(lambda: net(x))
+            with record_undecided() as records:  # how often the exact path runs, on more crops
+                net(many)
+            ev_flags = flagged(records)
         net.train()
         light, light_where = (lightning_step_syncs(net, x, y, device) if args.lightning else (None, ""))
         rows.append(dict(name=name, state=state if state == "init" else f"trained ({steps} steps)", train=train,
@@ -166,13 +168,15 @@ def measure(name: str, args, device: torch.device, x: torch.Tensor, y: torch.Ten
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", choices=sorted(NETWORKS), help="networks to count (default: all)")
-    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--flag-batch", type=int, default=16,
+                        help="natural crops of the eval forward that reports the exact-path counts")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--train-seconds", type=float, default=0.5, help="Adam training time of the 'trained' rows")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-steps", type=int, default=5, help="Adam steps (denoising) of the 'trained' rows")
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--limit", type=int, default=1, help="most host syncs allowed per step/forward")
     parser.add_argument("--no-lightning", dest="lightning", action="store_false",
                         help="skip the full Lightning training step")
@@ -185,13 +189,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     y = natural_batch(args.batch, args.size).to(device)
     x = noisy(y, torch.Generator().manual_seed(1))
+    many = natural_batch(args.flag_batch, args.size, seed=3).to(device)
     rows = []
     for name in args.only or list(NETWORKS):
-        rows += measure(name, args, device, x, y)
+        rows += measure(name, args, device, x, y, many)
     emul = "CUDA branches forced on the CPU" if device.type == "cpu" else device.type
     print(f"host syncs, {args.batch}x1x{args.size}x{args.size} natural images, channels {args.channels}, "
           f"depth {args.depth}, device {device} ({emul})")
-    print("exact path: per adaptive level, samples whose fast test failed / batch (eval forward; train step)\n")
+    print(f"exact path: per adaptive level, samples whose fast test failed / samples (eval forward of "
+          f"{args.flag_batch} crops; the counted train step)\n")
     print("| network | weights | syncs per train step | per eval forward | per Lightning train step "
           "| exact path, eval | exact path, train |")
     print("|---|---|---:|---:|---:|---|---|")
