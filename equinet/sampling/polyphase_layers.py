@@ -136,8 +136,17 @@ class LPSLogits(nn.Module):
     @staticmethod
     def sums(scores: torch.Tensor) -> torch.Tensor:
         """``(B, S)`` sums of :meth:`scores` over channels and pixels, accumulated in float64
-        (whatever the scores' dtype: a bfloat16 channel sum would round at 2^-9)."""
+        (whatever the scores' dtype: a bfloat16 channel sum would round at 2^-9): what the eval
+        choice compares."""
         return scores.flatten(2).sum(dim=2, dtype=torch.float64).t()
+
+    @staticmethod
+    def training_sums(scores: torch.Tensor) -> torch.Tensor:
+        """:meth:`sums` for the Gumbel-softmax logits: channels summed in the scores' dtype (float32
+        at least), pixels in float64 -- no float64 copy of the scores to differentiate through
+        (a rounding of the logits that the Gumbel noise swamps)."""
+        per_pixel = scores.sum(dim=2, dtype=scores.dtype if scores.dtype == torch.float64 else torch.float32)
+        return per_pixel.flatten(2).sum(dim=2, dtype=torch.float64).t()
 
     def forward(self, h: torch.Tensor, stride: Tuple[int, ...]) -> torch.Tensor:
         """Logits ``(B, s_1 * ... * s_d)``: mean score per component, row-major component order."""
@@ -171,13 +180,13 @@ class LPSDown(Downsample):
         # component the same mean (its even and odd taps sum alike), which leaves a
         # mean-dominated scorer with near-ties that rounding, not the signal, would break.
         scores = self.logits.scores(m, self.stride)
-        sums = self.logits.sums(scores)
         if self.training:
-            logits = sums / scores[0, 0].numel()
+            logits = self.logits.training_sums(scores) / scores[0, 0].numel()
             index = unravel_phase(logits.argmax(dim=1), self.stride)
             weights = F.gumbel_softmax(logits, tau=self.tau, hard=False).to(h.dtype).view(-1, *self.stride)
             return mix_polyphase(h, weights, self.stride), PolyphaseState(index, weights)
-        choice = self._choose(scores.detach(), sums.detach(), m.detach())
+        sums = self.logits.sums(scores.detach())
+        choice = self._choose(scores.detach(), sums, m.detach())
         state = PolyphaseState(choice.index, frame=choice.frame)
         return select_polyphase(h, choice.index, self.stride), state
 
