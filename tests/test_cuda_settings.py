@@ -13,7 +13,7 @@ from _lightning_helpers import ToyReconData, TinyNet
 from equinet.lightning import ExactnessWarning, ReconstructionModule
 from equinet.lightning.cuda_settings import exactness_guarantee, exactness_message, inexact_settings
 from equinet.models import UNet
-from equinet.models.iunet import iUNet
+from equinet.models.iunet import LiftediUNet, iUNet
 
 
 def _aps():
@@ -43,6 +43,9 @@ def test_guarantees_of_the_networks():
     net = iUNet(channels=(4, 16), architecture=(1, 1), dim=2, adaptive_resampling=True,
                 module_kwargs={"padding_mode": "circular"}, verbose=0)
     assert "equivariance" in exactness_guarantee(net)
+    lifted = LiftediUNet(1, 1, channels=4, depth=1, architecture=1, adaptive_resampling=True, padding_mode="circular",
+                         verbose=0)
+    assert "equivariance" in exactness_guarantee(lifted)
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "bf16-true"])

@@ -31,8 +31,11 @@ class ExactnessWarning(UserWarning):
 
 def exactness_guarantee(network: nn.Module) -> Optional[str]:
     """What ``network`` promises ("exact shift equivariance" / "exact invertibility ..."), or ``None``."""
-    from equinet.models.iunet import iUNet
+    from equinet.models.iunet import LiftediUNet, iUNet
     from equinet.models.unet import UNet
+
+    if isinstance(network, LiftediUNet):  # lift -> iUNet -> projection: the iUNet's guarantee
+        network = network.iunet
 
     if isinstance(network, UNet):
         adaptive = network.sampling in ("aps", "lps") or (
