@@ -1,9 +1,11 @@
 """A conv backend whose rounding depends on where a pixel sits (cuDNN's Winograd/FFT tiles, split
 reductions), emulated on the CPU: every convolution and matrix product returns its float32 result
 moved by -2..2 ulps by a fixed field over the output positions. A shifted input meets a different
-field, so features are no longer shifted bit for bit. On margin-decided inputs (natural images,
-noise) the adaptive networks must then stay equivariant to rounding level (NMSE <= 1e-10) and take
-the same grid at every level: a rounding-level perturbation never flips a decided choice.
+field, so features are no longer shifted bit for bit. On natural images and noise the adaptive
+networks must then stay equivariant to rounding level (NMSE <= 1e-10), and wherever the margin test
+decided a sample's grids (on a shift-exact backend, for the input and its shift) take the same grid
+at every level: a rounding-level perturbation never flips a decided choice. (Choices left to the
+exact path are made on the perturbed features and may differ; the NMSE bound covers them too.)
 """
 
 from __future__ import annotations
