@@ -86,3 +86,14 @@ def test_quick_cpu_run_exits_0_and_writes_one_report(tmp_path):
     for name in _module().STEPS:
         assert f"## {name} (" in report, name
     assert "| fail |" not in report
+
+
+def test_environment_step_and_the_time_budget(tmp_path):
+    mod = _module()
+    assert mod.main(["--device", "cpu", "--only", "environment", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| environment | ok |" in report and "torch.backends.cudnn.allow_tf32" in report
+    assert mod.main(["--device", "cpu", "--only", "environment", "--budget", "-1", "--out", str(tmp_path)]) == 0
+    assert "| environment | skipped |" in (tmp_path / "report.md").read_text()
+    assert mod.main(["--device", "cpu", "--only", "environment", "--budget", "-1", "--strict", "--out",
+                     str(tmp_path)]) == 1
