@@ -170,8 +170,28 @@ def _copy(net):
     return copy.deepcopy(net)
 
 
+@contextlib.contextmanager
+def tf32(on: bool):
+    """Both TF32 flags set to ``on`` inside the block (restored after)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def step_exactness(step: Step, device: str, quick: bool) -> None:
-    rows = exactness_rows(device, quick)
+    step.add("Run with what equinet requires (README 'What is exact'): float32, TF32 off.")
+    step.add("")
+    with tf32(False):
+        rows = exactness_rows(device, quick)
+    if device.startswith("cuda"):  # and what PyTorch's defaults give (cuDNN TF32 on): measured
+        with tf32(True):
+            for row in exactness_rows(device, True, names=["aps", "orthogonal-adaptive", "iUNet"]):
+                row[1] += ", TF32 on"
+                row[-1] = "measured"
+                rows.append(row)
     step.table(("network", "weights", "inputs", "worst NMSE", "at", "inverse rel. err", f"<= {CONTRACT_NMSE:g}"), rows)
     if any(r[-1] == "MISS" for r in rows):
         step.status = "miss"
@@ -201,7 +221,8 @@ def training_rows(device: str, quick: bool, precisions: Sequence[str] = ("32-tru
             torch.manual_seed(0)
             net = NETWORKS[name]()
             module = ReconstructionModule(net, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
-            trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=steps,
+            trainer = pl.Trainer(accelerator=accelerator, precision=precision,
+                                 devices=[torch.device(device).index or 0] if accelerator == "gpu" else 1, max_steps=steps,
                                  logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                  enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                                  log_every_n_steps=1)
