@@ -71,8 +71,8 @@ def exactness_message(network: nn.Module, precision: str, device_type: str) -> O
     problems = inexact_settings(precision, device_type)
     if guarantee is None or not problems:
         return None
-    return (f"equinet: {'; '.join(problems)} on {device_type} breaks {guarantee}: it holds in 32-true "
-            "with TF32 off (torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False); "
+    return (f"equinet: {'; '.join(problems)} on {device_type}: {guarantee} is not guaranteed (it is in 32-true "
+            "with TF32 off: torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False); "
             "see README 'What is exact'")
 
 
