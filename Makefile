@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.equinet-installed
 export WANDB_MODE ?= offline
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all bench install clean gpu-check
 
 $(PY):
 	@if [ -z "$(PYTHON)" ]; then \
@@ -56,3 +56,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# One prepared check of equinet on a device (experiments/gpu_check.py): exactness and tie tests,
+# a training step of every strategy under 32-true and bf16-mixed, the benchmarks, a 2-variant
+# study and a 1-device DDP fit; report in outputs/gpu-check/report.md. On a CUDA machine: make
+# gpu-check (<= 8 min on one GPU); without one: make gpu-check GPU_CHECK_ARGS="--device cpu --quick".
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) experiments/gpu_check.py $(GPU_CHECK_ARGS)

@@ -175,3 +175,22 @@ def test_real_data_config_runs_with_max_steps_and_root_overrides(config, real_fo
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 1
     assert "| ssim |" in (run_dir / "val_summary.md").read_text()
+
+
+def test_gpu_configs_pin_memory_and_cpu_configs_do_not():
+    """The fastMRI/LoDoPaB (GPU) configs load batches into pinned memory (asynchronous host-to-device
+    copies); the synthetic (laptop CPU) configs leave it off. A CPU-only machine never pins."""
+    for strategy in SYNTHETIC:
+        for dataset in ("fastmri", "lodopab"):
+            assert _load(dataset, strategy)["data"]["init_args"]["pin_memory"] is True, (dataset, strategy)
+        assert "pin_memory" not in _load("synthetic", strategy)["data"]["init_args"]
+
+
+def test_pinned_loader_is_unpinned_without_cuda(monkeypatch):
+    from equinet.data.base import ReconDataModule
+
+    dm = ReconDataModule(batch_size=2, pin_memory=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dm._loader(list(range(4)), "train", shuffle=False).pin_memory is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dm._loader(list(range(4)), "train", shuffle=False).pin_memory is True

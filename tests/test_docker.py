@@ -190,3 +190,64 @@ def test_claim_gpu_gives_each_agent_its_own_gpu(tmp_path):
     again = subprocess.run(["sh", str(script), "sh", "-c", 'echo "gpu=$CUDA_VISIBLE_DEVICES"'], env=env,
                            capture_output=True, text=True, timeout=30, check=True)
     assert again.stdout.strip() == "gpu=0"
+
+
+def _claim(tmp_path, *args, count="2", **popen):
+    import sys
+
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "GPU_LOCK_DIR": str(tmp_path),
+           "EQUINET_GPU_COUNT": count}
+    cmd = ["sh", str(REPO / "docker" / "claim-gpu.sh"), *args]
+    if popen:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_claim_gpu_says_when_the_nvidia_runtime_is_missing(tmp_path):
+    proc = _claim(tmp_path, "sh", "-c", "echo ran", count="0")
+    assert proc.returncode == 3 and "ran" not in proc.stdout
+    assert "no GPU is visible" in proc.stderr and "NVIDIA" in proc.stderr and "taken" not in proc.stderr
+    for args in ((), ("--all", "sh", "-c", "echo ran")):
+        assert _claim(tmp_path, *args, count="0" if args else "2").returncode in (2, 3)
+
+
+def test_train_takes_every_gpu_lock_and_agents_then_find_none(tmp_path):
+    """`claim-gpu --all` (the train service) holds every GPU's lock while it runs; an agent is then
+    refused, and a second train run too; with an agent on one GPU, train is refused."""
+    train = _claim(tmp_path, "--all", "sh", "-c", 'echo "gpus=${CUDA_VISIBLE_DEVICES-all}"; sleep 4', popen=True)
+    time.sleep(1.5)
+    agent = _claim(tmp_path, "sh", "-c", "echo agent")
+    second = _claim(tmp_path, "--all", "sh", "-c", "echo train2")
+    out, err = train.communicate(timeout=30)
+    assert train.returncode == 0 and out.strip() == "gpus=all" and "running on all 2 GPUs" in err
+    assert agent.returncode == 1 and "all 2 GPUs are taken" in agent.stderr
+    assert second.returncode != 0 and "GPU 0 of 2 is taken" in second.stderr
+    # released with the run: an agent on GPU 0 now blocks a train run on GPU 0 (GPU 1 is free)
+    agent = _claim(tmp_path, "sh", "-c", 'echo "gpu=$CUDA_VISIBLE_DEVICES"; sleep 4', popen=True)
+    time.sleep(1.5)
+    blocked = _claim(tmp_path, "--all", "sh", "-c", "echo train3")
+    assert agent.communicate(timeout=30)[0].strip() == "gpu=0"
+    assert blocked.returncode != 0 and "GPU 0 of 2 is taken" in blocked.stderr and "train3" not in blocked.stdout
+
+
+def test_compose_train_service_locks_gpus_like_the_agents():
+    train = _compose()["services"]["train"]
+    assert train["entrypoint"] == ["claim-gpu", "--all", "equinet"]
+    assert "gpu-locks:/locks" in train["volumes"]
+    assert _compose()["services"]["sweep-agent"]["entrypoint"][0] == "claim-gpu"
+
+
+def test_image_works_for_any_runtime_user_and_states_its_gpus():
+    docker = DOCKERFILE.read_text()
+    env = dict(re.findall(r"^\s+(HOME|XDG_CACHE_HOME|XDG_CONFIG_HOME|MPLCONFIGDIR)=(\S+)", docker, re.MULTILINE))
+    assert env["HOME"] == "/workspace/home" and all(v.startswith("/workspace/home") for v in env.values()), env
+    chmod = re.search(r"chmod 1777 ([^\n\\]+(?:\\\n[^\n\\]+)*)", docker).group(1).replace("\\\n", " ").split()
+    for path in ("/locks", env["HOME"], env["XDG_CACHE_HOME"], env["XDG_CONFIG_HOME"], env["MPLCONFIGDIR"]):
+        assert path in chmod, path
+        assert re.search(rf"mkdir -p [^\n]*{re.escape(path)}(/|\s|$)", docker), path  # (a parent of a created one)
+    base = re.search(r"ARG BASE_IMAGE=(\S+)", docker).group(1)
+    assert "cuda13.0" in base
+    readme = (REPO / "README.md").read_text()
+    for text in (docker, COMPOSE.read_text(), readme):
+        assert "sm_75" in text and re.search(r"driver >= 580", text)
+    assert "claim-gpu --all" in readme and "any runtime user" in readme.lower()

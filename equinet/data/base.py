@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from equinet.data.common import DataFormatError, data_dir, ensure_dataset, stable_hash
@@ -111,7 +112,8 @@ class ReconDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            # the GPU configs ask for pinned batches; a machine without CUDA has nothing to pin for
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             drop_last=False,
             persistent_workers=self.num_workers > 0,
         )

@@ -10,11 +10,13 @@ from equinet.lightning.callbacks import (
     ResumableRNG,
     RunCheckpoint,
 )
+from equinet.lightning.cuda_settings import ExactnessWarning
 from equinet.lightning.module import ReconstructionModule
 from equinet.lightning.predictions import ReconstructionWriter
 
 __all__ = [
     "EquivarianceEvaluation",
+    "ExactnessWarning",
     "ReconstructionImageLogger",
     "ReconstructionModule",
     "ReconstructionWriter",

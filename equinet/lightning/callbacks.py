@@ -303,15 +303,26 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class ResumableRNG(Callback):
-    """Saves the torch (CPU and CUDA), NumPy and Python RNG states in every checkpoint.
+    """Saves the torch (CPU and CUDA), NumPy and Python RNG states of every rank in each checkpoint.
 
     Lightning restores model, optimiser, scheduler and loop state but not the random number
     generators; a resumed run would then shuffle, augment or Gumbel-sample (LPS) differently from
     an uninterrupted one. Stored as tensors and tuples of ints, so checkpoints still load with
-    ``torch.load(weights_only=True)``. Under DDP the state of global rank 0 is saved.
+    ``torch.load(weights_only=True)``. Under DDP every rank's states are gathered when the
+    checkpoint is made (``per_rank``, keyed by global rank) and each rank restores its own on
+    resume; the top-level entries are global rank 0's (what older checkpoints hold). A resume on a
+    different number of ranks restores rank 0's states on ranks the checkpoint does not have.
     """
 
-    def state_dict(self) -> Dict[str, Any]:
+    def __init__(self) -> None:
+        self._rank = 0
+        self._world_size = 1
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._rank, self._world_size = int(trainer.global_rank), int(trainer.world_size)
+
+    @staticmethod
+    def _local_state() -> Dict[str, Any]:
         np_state = np.random.get_state()
         state: Dict[str, Any] = {
             "torch": torch.get_rng_state(),
@@ -323,14 +334,29 @@ class ResumableRNG(Callback):
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
+    def state_dict(self) -> Dict[str, Any]:
+        local = self._local_state()
+        dist = torch.distributed
+        if self._world_size > 1 and dist.is_available() and dist.is_initialized():
+            # every rank makes the checkpoint (only rank 0 writes it), so this collective is matched
+            gathered: List[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, local)
+            per_rank = {rank: s for rank, s in enumerate(gathered)}
+        else:
+            per_rank = {self._rank: local}
+        state = dict(per_rank.get(0, local))
+        state["per_rank"] = per_rank
+        return state
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"])
-        n = state_dict["numpy"]
+        own = state_dict.get("per_rank", {}).get(self._rank, state_dict)
+        torch.set_rng_state(own["torch"])
+        n = own["numpy"]
         np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                              n["cached_gaussian"]))
-        version, internal, gauss = state_dict["python"]
+        version, internal, gauss = own["python"]
         random.setstate((version, tuple(internal), gauss))
-        cuda = state_dict.get("cuda")
+        cuda = own.get("cuda")
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
 

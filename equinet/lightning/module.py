@@ -25,6 +25,7 @@ from torch import nn
 
 from equinet.data.types import ReconSample
 from equinet.lightning.batch import as_batch
+from equinet.lightning.cuda_settings import warn_if_inexact
 from equinet.lightning.evaluation import (
     SliceRecords,
     denormalise,
@@ -65,7 +66,7 @@ class ReconstructionModule(pl.LightningModule):
             "DA"): each training sample's input and target are rolled by the same shift, drawn
             uniformly from ``[-shift_augmentation, shift_augmentation]^2`` (the paper: 16) by the
             seeded torch RNG of the batch's device (drawn there, so the step does not wait on the
-            host; checkpointed by :class:`~equinet.lightning.ResumableRNG`, which saves global rank 0's RNG states).
+            host; checkpointed by :class:`~equinet.lightning.ResumableRNG`, every rank's own RNG states).
             Validation, test and predict inputs are never shifted. ``0`` (default) disables it.
         init_from: fine-tune from a fastMRI U-Net: a ``fastmri.pl_modules.UnetModule`` Lightning
             checkpoint or a ``fastmri.models.Unet`` state dict saved with ``torch.save`` (read with
@@ -163,7 +164,7 @@ class ReconstructionModule(pl.LightningModule):
         s = self.shift_augmentation
         dims = b.input.dim() - 2
         # drawn on the batch's device by its default generator (seeded by seed_everything and
-        # checkpointed by ResumableRNG, rank 0's states only): no host round trip, no blocking copy
+        # checkpointed by ResumableRNG, each rank its own): no host round trip, no blocking copy
         shifts = random_shifts(b.input.shape[0], dims, s, device=b.input.device)
         return b._replace(input=circular_shift(b.input, shifts), target=circular_shift(b.target, shifts))
 
@@ -195,6 +196,10 @@ class ReconstructionModule(pl.LightningModule):
         """De-normalised reconstructions (original units) with their ``fname``/``slice_num``."""
         b = as_batch(batch)
         return {"fname": b.fname, "slice_num": b.slice_num, "output": denormalise(self(b.input), b.mean, b.std)}
+
+    def on_fit_start(self) -> None:
+        # one line when the precision / TF32 flags break the network's exactness guarantee
+        warn_if_inexact(self.network, self.trainer.precision, self.device.type)
 
     def on_validation_epoch_start(self) -> None:
         self._records.clear()

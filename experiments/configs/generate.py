@@ -44,7 +44,8 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         "lr": 1e-3, "step_size": 5, "gamma": 0.5, "channels": 64,
         "data": {"class_path": "equinet.data.FastMRIDataModule", "init_args": {
             "root": None, "challenge": "singlecoil", "mask_type": "random", "center_fractions": [0.08],
-            "accelerations": [4], "crop_size": 320, "batch_size": 16, "num_workers": 8}},
+            "accelerations": [4], "crop_size": 320, "batch_size": 16, "num_workers": 8,
+            "pin_memory": True}},  # GPU configs: page-locked batches, asynchronous host-to-device copies
     },
     "lodopab": {
         "comment": "LoDoPaB-CT, FBP input, 352x352 crops (APS-U paper Sec. 4.2): U-Net 64..1024 channels,\n"
@@ -53,7 +54,7 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         "max_epochs": 20, "deterministic": False, "log_every_n_steps": 50, "sync_batchnorm": True,
         "lr": 1e-2, "step_size": 5, "gamma": 0.1, "channels": 64,
         "data": {"class_path": "equinet.data.LoDoPaBDataModule", "init_args": {
-            "root": None, "crop_size": 352, "batch_size": 8, "num_workers": 8}},
+            "root": None, "crop_size": 352, "batch_size": 8, "num_workers": 8, "pin_memory": True}},
     },
     "synthetic": {
         "comment": "Synthetic knee volumes in the real fastMRI format (generated once, cached; no download):\n"
