@@ -79,10 +79,11 @@ def test_demo_study_shows_the_papers_picture(tmp_path, monkeypatch, capsys):
         assert rows[v]["eq_nmse"] <= 1e-12 and rows[v]["eq_nmse_ood"] <= 1e-12, v
         assert rows[v]["worst_dpsnr"] <= 1e-4, v
     base = rows["baseline"]
-    assert base["eq_nmse"] >= 1e-6  # trained: far from the ~1e-7 of a random-init maxpool U-Net
-    for lpf in [v for v in rows if v.startswith("LPF-")]:  # anti-aliasing helps, but is not exact
-        assert rows["APS"]["eq_nmse"] < rows[lpf]["eq_nmse"] < base["eq_nmse"], lpf
+    assert base["eq_nmse"] >= 1e-3  # trained: far from the ~1e-7 of a random-init maxpool U-Net
+    for v in [v for v in rows if v.startswith("LPF-")] + ["baseline+DA"]:  # help, but not exact
+        assert rows["APS"]["eq_nmse"] < rows[v]["eq_nmse"] < base["eq_nmse"], v
     assert abs(rows["APS"]["psnr"] - base["psnr"]) <= 1.0
-    for v, row in rows.items():  # every network learned something
+    for v, row in rows.items():  # every network learned something (the knee is visibly restored)
         if v != "input":
             assert row["psnr"] >= rows["input"]["psnr"] + 1.0, v
+            assert row["ssim"] >= rows["input"]["ssim"] + 0.10, v

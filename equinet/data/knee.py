@@ -33,7 +33,7 @@ from equinet.data.common import (
     log,
 )
 from equinet.data.mri import MriSliceTransform, make_mask_func
-from equinet.data.synthetic import KNEE_ACQUISITIONS, write_knee_dataset
+from equinet.data.synthetic import KNEE_ACQUISITIONS, KNEE_DATA_VERSION, write_knee_dataset
 
 # fastMRI knee acquisitions -> the group names of the APS-U paper's Table 1
 ACQUISITION_GROUPS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "PDFS"}
@@ -219,7 +219,7 @@ class FastMRIDataModule(ReconDataModule):
 
     def synthetic_label(self) -> str:
         s = self.synthetic
-        return f"fastmri-knee-s{s['size']}-{s['num_volumes']}x{s['num_slices']}"
+        return f"fastmri-knee-{KNEE_DATA_VERSION}-s{s['size']}-{s['num_volumes']}x{s['num_slices']}"
 
     def write_synthetic(self, out: Path) -> None:
         write_knee_dataset(out, **self.synthetic)

@@ -1,6 +1,7 @@
 """Synthetic datasets in the real on-disk formats (fastMRI knee, LoDoPaB-CT, ImageNet val JPEGs).
 
-Content comes from phantoms (random ellipses, Shepp-Logan variants) and the natural images that
+Content comes from phantoms (a coronal knee phantom for fastMRI; random ellipses and Shepp-Logan
+variants for CT) and, for the ImageNet out-of-distribution set only, the natural images that
 scikit-image ships (camera, moon, coins, ...); nothing is downloaded. The files are what the real
 loaders expect, so the default (``root=None``) run of every DataModule exercises those loaders
 end to end. Everything is seeded: the same arguments give the same files.
@@ -27,6 +28,14 @@ NATURAL_IMAGES = (
 )  # fmt: skip
 
 KNEE_ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
+KNEE_CONTRASTS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "PDFS"}  # fat suppressed: fat dark
+# What the synthetic knee volumes are made of (cycled over volumes); the natural images are the
+# out-of-distribution set only and must never appear here (tests/test_synthetic_knee.py).
+KNEE_SOURCES = ("knee",)
+KNEE_SOURCE_KINDS = ("knee", "ellipses", "shepp_logan")
+# Part of the cached synthetic knee dataset's folder name: bump it when the content changes, so
+# a cache written by older code is not read as the new data.
+KNEE_DATA_VERSION = "phantom2"
 KNEE_SPLITS = ("train", "val", "test")
 LODOPAB_PARTS = ("train", "validation", "test")
 LODOPAB_MANIFEST = "equinet_lodopab.json"
@@ -178,44 +187,209 @@ def _smooth_field(
     return field * (scale / (np.abs(field).max() + 1e-12))
 
 
-def knee_volume_images(rng: np.random.Generator, size: int, num_slices: int, source: str) -> np.ndarray:
-    """``(num_slices, size, size)`` magnitude images in [0, 1] that vary smoothly across slices,
-    from 3D random ellipsoids, a Shepp-Logan variant, or a bundled natural image (``source``)."""
-    zs = np.linspace(-0.6, 0.6, num_slices)
-    if source in ("ellipses", "shepp_logan"):
-        if source == "ellipses":
-            e2 = random_body_ellipses(rng)
-        else:
-            e2 = shepp_logan_variant(rng)
-        # extrude to ellipsoids of random height so structures appear/disappear across slices
-        c = rng.uniform(0.7, 1.6, size=len(e2))
-        c[0] = 10.0
-        z0 = rng.uniform(-0.4, 0.4, size=len(e2))
-        z0[0] = 0.0
-        e3 = np.column_stack([e2[:, 0], e2[:, 1], e2[:, 2], c, e2[:, 3], e2[:, 4], z0, e2[:, 5]])
-        texture = 1.0 + _smooth_field(rng, (size, size), 0.15, cutoff=12)
-        images = np.stack([ct.rasterize_ellipses(_ellipsoid_slice(e3, z), size, supersample=2) for z in zs])
-        images = np.clip(images * texture[None], 0.0, None)
-        return images / max(images.max(), 1e-12)
-    from skimage.transform import AffineTransform, resize, warp
+# ----------------------------------------------------------------------------------------------
+# Knee phantom (coronal slice: femur, tibia, fibula, patella, cartilage, menisci, fluid, ...)
+# ----------------------------------------------------------------------------------------------
 
-    base = natural_image(source)
-    side = min(base.shape)
-    frac = rng.uniform(0.6, 1.0)
-    crop = int(side * frac)
-    top = int(rng.integers(0, base.shape[0] - crop + 1))
-    left = int(rng.integers(0, base.shape[1] - crop + 1))
-    base = resize(base[top : top + crop, left : left + crop], (size, size), anti_aliasing=True)
-    centre = np.array([size / 2, size / 2])
-    out = []
-    for z in zs:
-        tf = (
-            AffineTransform(translation=-centre)
-            + AffineTransform(scale=1 + 0.08 * z, rotation=0.05 * z)
-            + AffineTransform(translation=centre)
-        )
-        out.append(warp(base, tf.inverse, mode="constant", cval=0.0))
-    images = np.clip(np.stack(out), 0.0, None)
+# Relative signal per tissue under proton-density (PD) and fat-suppressed PD (PDFS) weighting:
+# fat (subcutaneous, marrow) is bright in PD and dark in PDFS, fluid brightest in PDFS, cortical
+# bone, menisci and ligaments dark in both, cartilage intermediate.
+KNEE_TISSUES = ("skin", "fat", "muscle", "cortex", "marrow", "cartilage", "fluid", "meniscus", "ligament")
+KNEE_SIGNAL = {
+    "PD": dict(skin=0.55, fat=0.92, muscle=0.36, cortex=0.03, marrow=0.78, cartilage=0.58, fluid=0.66,
+               meniscus=0.06, ligament=0.08),
+    "PDFS": dict(skin=0.35, fat=0.10, muscle=0.30, cortex=0.03, marrow=0.14, cartilage=0.55, fluid=0.95,
+                 meniscus=0.05, ligament=0.06),
+}  # fmt: skip
+
+
+def _inside(d: np.ndarray, px: float) -> np.ndarray:
+    """Anti-aliased indicator of ``d < 0`` (signed distance), edges about one pixel wide."""
+    return 0.5 * (1.0 - np.tanh(d / px))
+
+
+def _smin(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
+    """Smooth union of two signed distances (polynomial smooth minimum, blend width ``k``)."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b * (1 - h) + a * h - k * h * (1 - h)
+
+
+def _ellipse_d(x, y, cx, cy, a, b) -> np.ndarray:
+    """Approximate signed distance to an axis-aligned ellipse (exact on circles)."""
+    r = np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2)
+    return (r - 1.0) * np.minimum(a, b)
+
+
+def _texture(rng: np.random.Generator, num: int, size: int, low: float, high: float, aniso=(1.0, 1.0)):
+    """``(num, size, size)`` band-passed Gaussian noise (radial frequency in [low, high] cycles per
+    field of view, axes stretched by ``aniso``), unit std, varying smoothly from slice to slice."""
+    fy = np.fft.fftfreq(size)[:, None] * size * aniso[0]
+    fx = np.fft.fftfreq(size)[None, :] * size * aniso[1]
+    f = np.sqrt(fx**2 + fy**2)
+    band = np.exp(-0.5 * ((f - 0.5 * (low + high)) / (0.5 * (high - low) + 1e-9)) ** 2)
+    two = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(2, size, size))) * band))
+    two /= two.std(axis=(-2, -1), keepdims=True) + 1e-12
+    angle = np.linspace(0.0, rng.uniform(0.6, 1.2), num)[:, None, None]
+    return np.cos(angle) * two[0] + np.sin(angle) * two[1]
+
+
+def knee_tissues(rng: np.random.Generator, size: int, num_slices: int) -> Dict[str, np.ndarray]:
+    """Fractional tissue maps ``{tissue: (num_slices, size, size)}`` of a coronal knee slab
+    (posterior to anterior), one per name in :data:`KNEE_TISSUES`, summing to <= 1 per pixel.
+
+    Femur (shaft, two condyles, intercondylar notch), tibia (plateau, spines), fibular head,
+    patella (anterior slices), each a cortical rim around marrow; articular cartilage on the
+    condyles and plateau, joint fluid between them, wedge-shaped menisci, collateral ligaments,
+    muscle above and below the joint, subcutaneous and intermuscular fat, skin. Sizes, position,
+    tilt, side and slab position are drawn from ``rng``; vectorised over slices.
+    """
+    u = rng.uniform
+    px = 2.0 / size
+    # slab: num_slices positions z (-1 posterior .. 1 anterior) inside a random window
+    z0 = u(-0.75, -0.35)
+    z = np.linspace(z0, z0 + u(0.9, 1.3), num_slices)[:, None, None]
+    lin = np.linspace(-1.0, 1.0, size, endpoint=False) + 1.0 / size
+    ang = u(-0.12, 0.12)
+    scale = u(0.9, 1.1)
+    X0, Y0 = lin[None, None, :], lin[None, :, None]
+    X = (np.cos(ang) * X0 + np.sin(ang) * Y0) / scale - u(-0.06, 0.06)
+    Y = (-np.sin(ang) * X0 + np.cos(ang) * Y0) / scale - u(-0.08, 0.08)
+    X = X * (1.0 if u() < 0.5 else -1.0)  # left or right knee: lateral side (fibula) flips
+    X, Y = np.broadcast_to(X, (num_slices, size, size)), np.broadcast_to(Y, (num_slices, size, size))
+    jy = u(-0.02, 0.08)  # joint line (femur above, tibia below)
+    depth = np.sqrt(np.clip(1.0 - (z / 1.45) ** 2, 0.05, 1.0))  # structures shrink towards the ends
+
+    # body outline, skin and subcutaneous fat
+    wb = u(0.72, 0.84) * (1.0 + 0.06 * np.exp(-(((Y - jy) / 0.35) ** 2))) * (0.92 + 0.08 * depth)
+    d_body = np.abs(X - u(-0.03, 0.03)) - wb
+    body = _inside(d_body, px)
+    fat_thick = u(0.07, 0.14) + 0.03 * np.tanh(-X / 0.3)  # thicker medially
+    sub_fat_ind = 1.0 - _inside(d_body + fat_thick, px)
+    skin_ind = 1.0 - _inside(d_body + 0.018, px)
+
+    # femur: shaft + metaphysis + two condyles (spheres cut by the slice), notch removed
+    rc = u(0.19, 0.23) * depth
+    cs = u(0.19, 0.23)
+    fw = u(0.2, 0.24)
+    d_shaft = np.maximum(np.abs(X) - fw, Y - (jy - 0.3))
+    d_meta = _ellipse_d(X, Y, 0.0, jy - 0.2, cs + 0.85 * rc, 0.3)
+    d_cond = np.minimum(_ellipse_d(X, Y, -cs, jy - rc, rc, rc), _ellipse_d(X, Y, cs, jy - rc * u(0.9, 1.1), rc, rc))
+    d_fem = _smin(_smin(d_shaft, d_meta, 0.08), d_cond, 0.05)
+    notch_w = u(0.07, 0.1) * (1.3 - 0.5 * (z + 1) / 2)
+    d_fem = np.maximum(d_fem, -_ellipse_d(X, Y, 0.0, jy + 0.02, notch_w, u(0.14, 0.19)))
+    # tibia: plateau narrowing to the shaft, with two intercondylar spines
+    gap = u(0.05, 0.07)
+    top = jy + gap
+    tw = u(0.4, 0.46) * (0.85 + 0.15 * depth)
+    half = 0.22 + (tw - 0.22) * np.exp(-np.clip(Y - top, 0, None) / 0.3)
+    d_tib = np.maximum(np.abs(X) - half, top - Y)
+    d_tib = _smin(d_tib, np.minimum(_ellipse_d(X, Y, -0.04, top, 0.035, 0.06), _ellipse_d(X, Y, 0.04, top, 0.035, 0.05)), 0.02)
+    # fibular head (lateral, posterior slices) and patella (anterior slices)
+    fr = u(0.06, 0.08) * np.sqrt(np.clip(1 - ((z + 0.45) / 0.6) ** 2, 0, 1))
+    d_fib = _ellipse_d(X, Y, tw + 0.04, top + 0.22, fr + 1e-6, 1.3 * fr + 1e-6)
+    pz = np.sqrt(np.clip(1 - ((z - u(0.7, 0.9)) / 0.35) ** 2, 0, 1))
+    d_pat = _ellipse_d(X, Y, u(-0.03, 0.05), jy - u(0.3, 0.4), 0.2 * pz + 1e-6, 0.17 * pz + 1e-6)
+    cortical = u(0.02, 0.03)
+    bone = np.clip(sum(_inside(d, px) for d in (d_fem, d_tib, d_fib, d_pat)), 0, 1)
+    marrow_ind = np.clip(sum(_inside(d + cortical, px) for d in (d_fem, d_tib, d_fib, d_pat)), 0, 1)
+    # articular cartilage on the condyles (lower half) and the plateau, fluid film between them
+    ct = u(0.025, 0.035)
+    ax = np.abs(X)
+    joint_zone = _inside(np.abs(Y - (jy + 0.5 * gap)) - 0.12, px) * _inside(ax - tw, px)
+    cart_f = _inside(d_fem - ct, px) * _inside(jy - 0.6 * rc - Y, px)
+    cart_t = _inside(d_tib - ct, px) * _inside(top + 0.03 - Y, px)
+    cart_ind = np.clip(cart_f + cart_t, 0, 1) * joint_zone
+    # menisci: wedges at the periphery of the joint, base outside, apex pointing inwards
+    mw, mh = u(0.1, 0.14), u(0.06, 0.09)
+    wedge = ((ax - (tw - mw)) / mw) - ((top - Y) / mh)
+    men_ind = _inside(-wedge * mw, px) * _inside(Y - top, px) * _inside(ax - tw - 0.015, px)
+    men_ind = men_ind * _inside(top - mh - Y, px)
+    fluid_pool = _inside(np.abs(Y - (jy + 0.5 * gap)) - (0.6 * gap + 0.01), px) * _inside(ax - tw + 0.02, px)
+    effusion = u(0.0, 1.0) * _inside(_ellipse_d(ax, Y, fw + 0.05, jy - 0.45, 0.04, 0.22), px)
+    fluid_ind = np.clip(fluid_pool + effusion, 0, 1)
+    # collateral ligaments along both sides of the joint
+    lig_ind = _inside(np.abs(ax - (tw + 0.035)) - 0.014, px) * _inside(np.abs(Y - jy) - 0.3, px)
+    # muscle above and below the joint, intermuscular fat around it
+    musc_ind = 1.0 - _inside(np.abs(Y - jy) - u(0.2, 0.3) * (1.2 - 0.3 * depth), 6 * px)
+
+    # painter's order: each tissue takes its share of what the earlier ones left (sum = body)
+    left = body.copy()
+
+    def take(indicator: np.ndarray) -> np.ndarray:
+        nonlocal left
+        part = indicator * left
+        left = left - part
+        return part
+
+    skin, sub_fat = take(skin_ind), take(sub_fat_ind)
+    marrow = take(marrow_ind)
+    cortex = take(bone)
+    cartilage, meniscus, fluid, lig = take(cart_ind), take(men_ind), take(fluid_ind), take(lig_ind)
+    muscle = take(musc_ind)
+    fat = sub_fat + left
+    return dict(skin=skin, fat=fat, muscle=muscle, cortex=cortex, marrow=marrow, cartilage=cartilage,
+                fluid=fluid, meniscus=meniscus, ligament=lig)
+
+
+def knee_phantom(
+    rng: np.random.Generator, size: int, num_slices: int, contrast: str = "PD"
+) -> np.ndarray:
+    """``(num_slices, size, size)`` coronal knee slices in [0, 1]: :func:`knee_tissues` weighted
+    by the ``contrast``'s signal (``"PD"`` or ``"PDFS"``, fat suppressed; :data:`KNEE_SIGNAL`),
+    with striated muscle, fat septa, trabecular marrow and a smooth coil-sensitivity field.
+    Deterministic given ``rng``; the anatomy does not depend on ``contrast``."""
+    if contrast not in KNEE_SIGNAL:
+        raise ValueError(f"contrast must be one of {sorted(KNEE_SIGNAL)}, got {contrast!r}")
+    sig = KNEE_SIGNAL[contrast]
+    t = knee_tissues(rng, size, num_slices)
+    skin, fat, muscle, cortex, marrow = t["skin"], t["fat"], t["muscle"], t["cortex"], t["marrow"]
+    cartilage, fluid, meniscus, lig = t["cartilage"], t["fluid"], t["meniscus"], t["ligament"]
+    u = rng.uniform
+    # textures: striated muscle, fat septa, trabecular marrow; coil sensitivity
+    striae = _texture(rng, num_slices, size, 8.0, 28.0, aniso=(0.25, 1.0))
+    septa = np.exp(-(_texture(rng, num_slices, size, 5.0, 16.0) ** 2) / 0.08)
+    trabec = _texture(rng, num_slices, size, 14.0, 36.0)
+    image = (
+        skin * sig["skin"]
+        + fat * sig["fat"] * (1 - 0.3 * septa)
+        + muscle * sig["muscle"] * (1 + 0.08 * striae)
+        + cortex * sig["cortex"]
+        + marrow * sig["marrow"] * (1 + 0.07 * trabec)
+        + cartilage * sig["cartilage"]
+        + fluid * sig["fluid"]
+        + meniscus * sig["meniscus"]
+        + lig * sig["ligament"]
+    )
+    coil = 1.0 + _smooth_field(rng, (size, size), u(0.1, 0.25), cutoff=3)
+    image = np.clip(image * coil[None], 0.0, None)
+    return image / max(float(image.max()), 1e-12)
+
+
+def knee_volume_images(
+    rng: np.random.Generator, size: int, num_slices: int, source: str, contrast: str = "PD"
+) -> np.ndarray:
+    """``(num_slices, size, size)`` magnitude images in [0, 1] that vary smoothly across slices:
+    the knee phantom (``source="knee"``, ``contrast`` PD or PDFS), or 3D random ellipsoids /
+    a Shepp-Logan variant (``"ellipses"``, ``"shepp_logan"``). Never a natural image: those are
+    the out-of-distribution set (:func:`write_imagenet_folder`)."""
+    if source == "knee":
+        return knee_phantom(rng, size, num_slices, contrast)
+    if source not in ("ellipses", "shepp_logan"):
+        raise ValueError(f"knee volume source must be one of {KNEE_SOURCE_KINDS}, got {source!r}")
+    zs = np.linspace(-0.6, 0.6, num_slices)
+    if source == "ellipses":
+        e2 = random_body_ellipses(rng)
+    else:
+        e2 = shepp_logan_variant(rng)
+    # extrude to ellipsoids of random height so structures appear/disappear across slices
+    c = rng.uniform(0.7, 1.6, size=len(e2))
+    c[0] = 10.0
+    z0 = rng.uniform(-0.4, 0.4, size=len(e2))
+    z0[0] = 0.0
+    e3 = np.column_stack([e2[:, 0], e2[:, 1], e2[:, 2], c, e2[:, 3], e2[:, 4], z0, e2[:, 5]])
+    texture = 1.0 + _smooth_field(rng, (size, size), 0.15, cutoff=12)
+    images = np.stack([ct.rasterize_ellipses(_ellipsoid_slice(e3, z), size, supersample=2) for z in zs])
+    images = np.clip(images * texture[None], 0.0, None)
     return images / max(images.max(), 1e-12)
 
 
@@ -328,8 +502,9 @@ def write_knee_dataset(
 ) -> Dict[str, List[Path]]:
     """``out/singlecoil_{train,val,test}/file9SNNNNN.h5`` in the fastMRI single-coil format.
 
-    Volumes alternate PD / PDFS acquisitions and cycle through random ellipsoids, Shepp-Logan
-    variants and bundled natural images. ``num_val``/``num_test`` default to ``max(2, N // 4)``.
+    Volumes alternate PD / PDFS acquisitions (the header's protocol and ``attrs["acquisition"]``
+    name the contrast the phantom was drawn with) and are knee phantoms (:func:`knee_phantom`),
+    each with its own anatomy; no natural image is a source (those are the OOD set). ``num_val``/``num_test`` default to ``max(2, N // 4)``.
     """
     if size < 8 or num_volumes < 1 or num_slices < 1:
         raise ValueError(
@@ -337,7 +512,6 @@ def write_knee_dataset(
         )
     counts = {"train": num_volumes, "val": num_val if num_val is not None else max(2, num_volumes // 4)}
     counts["test"] = num_test if num_test is not None else counts["val"]
-    sources = ("ellipses", "shepp_logan") + NATURAL_IMAGES
     written: Dict[str, List[Path]] = {}
     out = Path(out)
     for split_index, split in enumerate(KNEE_SPLITS):
@@ -346,9 +520,9 @@ def write_knee_dataset(
         written[split] = []
         for i in range(counts[split]):
             rng = np.random.default_rng(stable_seed("knee", seed, split, i))
-            source = sources[(i + 3 * split_index) % len(sources)]
+            source = KNEE_SOURCES[(i + 3 * split_index) % len(KNEE_SOURCES)]
             acquisition = KNEE_ACQUISITIONS[i % 2]
-            images = knee_volume_images(rng, size, num_slices, source)
+            images = knee_volume_images(rng, size, num_slices, source, KNEE_CONTRASTS[acquisition])
             path = folder / f"file9{split_index}{i:05d}.h5"
             write_knee_volume(path, images, acquisition, rng, patient_id=f"synthetic-{split}-{i:05d}-{seed}")
             written[split].append(path)

@@ -137,7 +137,8 @@ def tradeoff_figure(rows: Sequence[Mapping[str, Any]]):
 
 
 def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], variants: Sequence[str]):
-    """The APS-U paper's Fig. 4: per variant, x, T_k x, G(x), G(T_k x) and |G(T_k x) - T_k G(x)|."""
+    """The APS-U paper's Fig. 4: per variant, x, T_k x, y, G(x), G(T_k x) and |G(T_k x) - T_k G(x)|
+    in percent of the ground truth's maximum (one colour scale for every row)."""
     plt = _pyplot()
     variants = [v for v in variants if v in examples]
     first = examples[variants[0]]
@@ -147,8 +148,9 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
         len(variants), cols, figsize=(3.0 * cols, 3.2 * len(variants) + 0.3), squeeze=False
     )
     lo, hi = float(first["target"].min()), float(first["target"].max())
+    reference = hi if hi > 0 else 1.0
     diffs = {
-        v: np.abs(examples[v]["shifted_output"] - circular_shift(examples[v]["output"], k))
+        v: 100.0 * np.abs(examples[v]["shifted_output"] - circular_shift(examples[v]["output"], k)) / reference
         for v in variants
     }
     dmax = max(float(d.max()) for d in diffs.values()) or 1.0
@@ -163,7 +165,7 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
             (e["shifted_output"], f"G(T_k x): PSNR {float(e['psnr_shifted']):.2f} dB", "gray", lo, hi),
             (
                 diffs[v],
-                f"|G(T_k x) - T_k G(x)|, max {float(diffs[v].max()):.2g}\nPSNR change {dpsnr:+.3g} dB",
+                f"|G(T_k x) - T_k G(x)|, max {float(diffs[v].max()):.2g}% of max y\nPSNR change {dpsnr:+.3g} dB",
                 "magma",
                 0.0,
                 dmax,
@@ -176,11 +178,16 @@ def shift_example_figure(examples: Mapping[str, Mapping[str, np.ndarray]], varia
             ax.set_xlabel("x (pixels)", fontsize=7)
             ax.set_ylabel("y (pixels)", fontsize=7)
             ax.tick_params(labelsize=6)
-        cbar = fig.colorbar(im, ax=axes[i, -1], fraction=0.046, pad=0.04, format="%.1e")
-        cbar.set_label("absolute difference (same scale in every row)", fontsize=7)
+        cbar = fig.colorbar(im, ax=axes[i, -1], fraction=0.046, pad=0.04, format="%.2g%%")
+        cbar.set_label("% of max y (same scale in every row)", fontsize=7)
         cbar.ax.tick_params(labelsize=6)
+    where = ""
+    if "fname" in first and "slice_num" in first:
+        where = f"\ntest slice {first['fname']} #{int(first['slice_num'])}"
+        if "selection" in first:
+            where += f": {first['selection']} (a typical input, not a best case)"
     fig.suptitle(
-        f"Shifting the input by k = {k} pixels (APS-U paper, Fig. 4): PSNR of G(T_k x) against T_k y",
+        f"Shifting the input by k = {k} pixels (APS-U paper, Fig. 4): PSNR of G(T_k x) against T_k y{where}",
         fontsize=10,
     )
     return fig

@@ -26,7 +26,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -144,6 +144,7 @@ class StudyData:
     def __init__(self, run_config: Mapping[str, Any]) -> None:
         self.spec = run_config["data"]
         self._module = None
+        self._representative: Optional[Tuple[int, str]] = None
 
     @property
     def module(self):
@@ -154,12 +155,32 @@ class StudyData:
         return self._module
 
     def sample(self, index: Optional[int]):
-        """Test sample ``index``; by default the middle slice of the first test volume."""
+        """Test sample ``index``; by default the representative one (:meth:`representative`)."""
         dataset = self.module.test_set
         if index is None:
-            raw = getattr(dataset, "raw_samples", None)  # fastMRI: (fname, slice, metadata) per sample
-            index = sum(1 for s in raw if s.fname == raw[0].fname) // 2 if raw else 0
+            index, _ = self.representative()
         return dataset[int(index)]
+
+    def representative(self) -> Tuple[int, str]:
+        """The test slice whose zero-filled input has the median SSIM against its target (a
+        typical input, not a best or worst case; the lower median for an even count), and why."""
+        from equinet.metrics import ssim_per_slice
+
+        if self._representative is not None:
+            return self._representative
+        dataset = self.module.test_set
+        scores = []
+        for i in range(len(dataset)):  # one slice at a time: each has its own size and data range
+            sample = dataset[i]
+            mean, std = float(sample.mean), float(sample.std)
+            x = (sample.input.double() * std + mean).reshape(1, *sample.input.shape[-2:])
+            y = (sample.target.double() * std + mean).reshape(1, *sample.target.shape[-2:])
+            scores.append(float(ssim_per_slice(y, x, float(sample.max_value))[0]))
+        order = np.argsort(np.asarray(scores), kind="stable")
+        index = int(order[(len(order) - 1) // 2])
+        why = f"median zero-filled SSIM ({scores[index]:.3f}) of the {len(scores)} test slices"
+        self._representative = (index, why)
+        return self._representative
 
     def batch(self):
         return next(iter(self.module.test_dataloader()))
@@ -292,9 +313,12 @@ class StudyRunner:
         if not example_path.is_file():
             module = load_trained(cfg, self.layout.last_checkpoint(variant))
             examples = self.study.config["examples"]
-            arrays = shift_example(
-                module, self.data.sample(examples.get("index")), examples.get("shift", (8, 5)), self.device
-            )
+            index = examples.get("index")
+            why = f"test sample {index} (the study's examples.index)"
+            if index is None:
+                index, why = self.data.representative()
+            arrays = shift_example(module, self.data.sample(index), examples.get("shift", (8, 5)), self.device)
+            arrays["selection"] = np.array(why)
             save_npz(example_path, arrays)
         if "cost" not in read_json(folder / STUDY_JSON):
             update_json(folder / STUDY_JSON, cost=self.cost(variant, cfg))

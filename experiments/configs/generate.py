@@ -133,22 +133,25 @@ IMAGENET = "equinet.data.ImageNetShiftDataModule"
 
 STUDIES: Dict[str, Dict[str, Any]] = {
     "demo": {
-        "comment": "The demo (`make demo`): synthetic knee volumes in the real fastMRI format, small\n"
-                   "U-Nets, one CPU thread, minutes on a quiet 2-core machine. Every variant learns\n"
-                   "(>= 1 dB over the zero-filled input), APS/LPS/orthogonal-adaptive are exactly shift-\n"
-                   "equivariant, the trained baseline is not, LPF lies between (the APS-U paper's picture).",
+        "comment": "The demo (`make demo`): synthetic knee phantoms (PD / PDFS) in the real fastMRI format,\n"
+                   "4x equispaced undersampling, small U-Nets (12 channels, depth 3), 768 Adam steps;\n"
+                   "workers x threads = cores (2 workers of 1 thread on 2 cores), 13.4 CPU-minutes. Every\n"
+                   "variant learns (+0.13-0.21 SSIM, +3.1 (iUNet) to +5.2 dB over the zero-filled input),\n"
+                   "APS/LPS/orthogonal-adaptive are exactly shift-equivariant, the trained baseline is not,\n"
+                   "LPF and DA lie between (the APS-U paper's picture).",
         "dataset": "synthetic",
         "variants": ["baseline", "baseline+DA", "LPF-3", "APS", "LPS", "orthogonal", "orthogonal-adaptive",
                      "iUNet"],
         "threads": 1,
-        "run": {"trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.max_epochs": 16,
-                "trainer.check_val_every_n_epoch": 4, "trainer.log_every_n_steps": 8,
-                "trainer.enable_model_summary": False, "model.network.init_args.channels": 8,
+        "run": {"trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.max_epochs": 6,
+                "trainer.check_val_every_n_epoch": 3, "trainer.log_every_n_steps": 16,
+                "trainer.enable_model_summary": False, "model.network.init_args.channels": 12,
                 "model.network.init_args.depth": 3, "model.optimizer.init_args.lr": 3e-3,
                 "model.lr_scheduler": {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
-                                       "init_args": {"T_max": 16}},
-                "data.init_args.crop_size": 64, "data.init_args.batch_size": 8,
-                "data.init_args.synthetic_volumes": 16, "data.init_args.synthetic_slices": 8,
+                                       "init_args": {"T_max": 6}},
+                "data.init_args.mask_type": "equispaced",
+                "data.init_args.crop_size": 64, "data.init_args.batch_size": 4,
+                "data.init_args.synthetic_volumes": 64, "data.init_args.synthetic_slices": 8,
                 "data.init_args.synthetic_size": 64, "images.every_n_epochs": 0},
         "ood": {"root": None, "synthetic": True, "num_images": 16, "crop_size": 64, "forward_model": "mri",
                 "batch_size": 8, "synthetic_num": 16, "synthetic_size": 96},
