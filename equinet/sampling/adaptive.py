@@ -88,6 +88,7 @@ __all__ = [
     "SymmetryFrame",
     "choose_phase",
     "certain_argmax",
+    "beyond_feature_rounding",
     "exact_values",
     "rotation_ranks",
     "average_over_symmetries",
@@ -167,6 +168,19 @@ def certain_argmax(scores: torch.Tensor, bound: torch.Tensor) -> Tuple[torch.Ten
     low = scores.gather(1, top) - bound.gather(1, top)
     others = (scores + bound).scatter(1, top, float("-inf")).amax(dim=1, keepdim=True)
     return top.squeeze(1), (low > others).squeeze(1)
+
+
+def beyond_feature_rounding(scores: torch.Tensor, ulps: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per row of ``scores`` ``(B, K)``: whether the top phase beats every other by more than
+    ``ulps`` units of roundoff of ``dtype`` on each side (relative to the largest ``|score|``).
+    A norm criterion (APS, orthogonal-adaptive) of features moved by at most ``ulps`` ulps moves
+    by at most that much, so such a choice survives a backend whose rounding depends on the
+    position (cuDNN tiles); :func:`certain_argmax` certifies the float64 sum only, not this."""
+    top2 = scores.topk(min(2, scores.shape[1]), dim=1).values
+    if top2.shape[1] < 2:
+        return torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+    slack = 2 * ulps * unit_roundoff(dtype) * scores.abs().amax(dim=1)
+    return (top2[:, 0] - top2[:, 1]) > slack
 
 
 # --------------------------------------------------------------------------------------------
