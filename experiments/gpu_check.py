@@ -78,17 +78,28 @@ def _env(device: str) -> Dict[str, str]:
     return env
 
 
+_BANNERS = ("GPU available:", "TPU available:", "💡 Tip:", "`Trainer.fit` stopped:", "HPU available:")
+
+
+def _is_banner(line: str) -> bool:
+    """Lightning's per-Trainer banner lines, repeated for every fit; they carry no figure."""
+    return line.lstrip().startswith(_BANNERS)
+
+
 def _run(step: Step, cmd: List[str], timeout: float, device: str, cwd: Path = REPO, tail: int = 60) -> int:
     """Run ``cmd``, put its last ``tail`` output lines in the report; returns the exit status."""
     step.add(f"`{' '.join(str(c) for c in cmd)}`")
     try:
-        proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(device), capture_output=True, text=True,
-                              timeout=timeout, check=False)
-        out, rc = proc.stdout + proc.stderr, proc.returncode
+        # One stream in the order it was written (unbuffered), so the tail holds the script's own table
+        # and not only Lightning's stderr banner printed after it.
+        env = dict(_env(device), PYTHONUNBUFFERED="1")
+        proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+        out, rc = proc.stdout, proc.returncode
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         out, rc = out + f"\n(timed out after {timeout:.0f} s)", 124
-    lines = [ln for ln in out.splitlines() if ln.strip()]
+    lines = [ln for ln in out.splitlines() if ln.strip() and not _is_banner(ln)]
     step.add("```")
     step.lines.extend(lines[-tail:])
     step.add("```")

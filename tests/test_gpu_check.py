@@ -74,6 +74,19 @@ def test_benchmark_options_another_branch_lacks_are_dropped(tmp_path):
         "--device", "cpu", "--size", "32"]
 
 
+def test_a_step_keeps_the_scripts_table_not_lightnings_banner(tmp_path):
+    """The report keeps a script's stdout table even when Lightning prints its banner to stderr after it
+    (the host_syncs step once showed only 'GPU available: False' lines)."""
+    mod = _module()
+    script = tmp_path / "noisy.py"
+    script.write_text("import sys\nprint('| network | syncs |')\nprint('| APS | 1 |')\n"
+                      "for _ in range(30):\n    print('GPU available: False, used: False', file=sys.stderr)\n"
+                      "    print('`Trainer.fit` stopped: `max_steps=2` reached.', file=sys.stderr)\n")
+    step = mod.Step("noisy")
+    assert mod._run(step, [sys.executable, str(script)], timeout=60, device="cpu", tail=5) == 0
+    assert "| APS | 1 |" in step.lines and not any("GPU available" in ln for ln in step.lines)
+
+
 @pytest.mark.slow
 def test_quick_cpu_run_exits_0_and_writes_one_report(tmp_path):
     """What `make gpu-check GPU_CHECK_ARGS="--device cpu --quick"` runs (<= 5 min on 2 cores)."""
