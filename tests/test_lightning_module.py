@@ -75,6 +75,38 @@ def test_output_clamped_to_six_std_in_evaluation_only():
     assert ReconstructionModule(Scale(), output_clamp=None).eval()(x).abs().max() == 100
 
 
+def test_residual_adds_the_input_before_the_clamp_and_keeps_the_unets_equivariance():
+    class Scale(torch.nn.Module):
+        def forward(self, x):
+            return 100 * x
+
+    x = torch.linspace(-1, 1, 16, dtype=torch.float64).reshape(1, 1, 4, 4)
+    module = ReconstructionModule(Scale(), residual=True)
+    assert torch.equal(module.train()(x), 100 * x + x)
+    assert module.eval()(x).max() == 6  # clamped after the residual is added
+    assert module.hparams.residual is True and ReconstructionModule(Scale()).hparams.residual is False
+    # an APS U-Net stays exactly shift-equivariant with the input added
+    from equinet.models import UNet
+
+    torch.manual_seed(0)
+    net = UNet(1, 1, channels=4, depth=2, sampling="aps", padding_mode="circular").double().eval()
+    module = ReconstructionModule(net, residual=True, output_clamp=None).eval()
+    img = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        out, shifted = module(img), module(torch.roll(img, (3, 5), (-2, -1)))
+        assert torch.equal(torch.roll(out, (3, 5), (-2, -1)), shifted)
+        assert torch.equal(out, net(img) + img)
+
+    class TwoChannels(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([x, x], 1)
+
+    with pytest.raises(ValueError, match=r"residual.*\(1, 1, 4, 4\) to \(1, 2, 4, 4\).*in_channels = out_channels"):
+        ReconstructionModule(TwoChannels(), residual=True)(x)
+    with pytest.raises(ValueError, match="residual must be true or false"):
+        ReconstructionModule(Scale(), residual="yes")
+
+
 def test_optimizer_and_scheduler_callables():
     module = ReconstructionModule(TinyNet(), optimizer=partial(torch.optim.SGD, lr=0.5),
                                   lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=5, gamma=0.1))

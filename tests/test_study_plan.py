@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from equinet.study.config import StudyError, apply_overrides, flatten, get_dotted, parse_overrides
+from equinet.study.config import StudyError, apply_overrides, flatten, get_dotted, parse_overrides, set_dotted
 from equinet.study.plan import check_study, config_differences, load_study, resolve_folder, write_plan
 from equinet.study.run import device_count
 from equinet.study.variants import STUDY_VARIANTS, VARIANT_DESCRIPTIONS, VARIANTS, available_variants, known_variants
@@ -101,7 +101,16 @@ def test_variants_share_data_seed_budget_optimiser_and_evaluation():
         )
     assert {
         k for k in flatten(s.variant_config("input")) if base.get(k) != flatten(s.variant_config("input"))[k]
-    } == {"model.network.class_path"}
+    } <= {"model.network.class_path", "model.residual"}
+    assert get_dotted(s.variant_config("input"), "model.residual") is False
+
+
+def test_the_input_row_is_the_input_even_when_the_networks_learn_a_residual():
+    s = study()
+    set_dotted(s.run, "model.residual", True)
+    assert get_dotted(s.variant_config("input"), "model.network.class_path") == "torch.nn.Identity"
+    assert get_dotted(s.variant_config("input"), "model.residual") is False  # x, not x + Identity(x)
+    assert all(get_dotted(s.variant_config(v), "model.residual") is True for v in STUDY_VARIANTS)
 
 
 def test_changing_the_network_class_keeps_the_arguments_it_takes():

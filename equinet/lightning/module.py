@@ -75,6 +75,10 @@ class ReconstructionModule(pl.LightningModule):
             init_args to set) with the run's sampling; what the sampling adds (LPS scorers) keeps
             its initialisation. Checkpoints of the run hold the trained weights, so rebuilding one
             does not read this file again (it is recorded as ``initialised_from``).
+        residual: learn the correction of the input, ``x + network(x)`` (residual learning, as in
+            FBPConvNet, Jin et al. 2017): the network starts near the zero-filled/FBP input instead
+            of having to learn the identity. Adding the input keeps every shift-equivariance
+            property of the network. ``False`` (default) is the APS-U paper's plain U-Net.
 
     Validation logs ``val/loss``, ``val/nmse``, ``val/psnr``, ``val/ssim`` (means over volumes,
     exact under DDP); test logs the same under ``test/`` plus the equivariance metrics of an
@@ -91,6 +95,7 @@ class ReconstructionModule(pl.LightningModule):
         output_clamp: Optional[float] = 6.0,
         shift_augmentation: int = 0,
         init_from: Optional[str] = None,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         # Checkpoints hold plain data only, so they load with torch.load(weights_only=True): the
@@ -98,7 +103,7 @@ class ReconstructionModule(pl.LightningModule):
         # the equinet CLI records its configs so, and this __init__ rebuilds them), never as the
         # objects built in Python -- pass those again to load_from_checkpoint.
         given = {"network": network, "optimizer": optimizer, "lr_scheduler": lr_scheduler}
-        self.save_hyperparameters("loss", "output_clamp", "shift_augmentation",
+        self.save_hyperparameters("loss", "output_clamp", "shift_augmentation", "residual",
                                   *(["init_from"] if init_from is not None else []),
                                   *[k for k, v in given.items() if _plain_data(v)])
         network = from_config(network, nn.Module)
@@ -125,6 +130,9 @@ class ReconstructionModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.output_clamp = output_clamp
         self.shift_augmentation = shift_augmentation
+        if not isinstance(residual, bool):
+            raise ValueError(f"residual must be true or false, got {residual!r}")
+        self.residual = residual
         if loss == "ssim":
             from fastmri.losses import SSIMLoss
 
@@ -138,8 +146,16 @@ class ReconstructionModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's reconstruction, clamped at evaluation (see ``output_clamp``)."""
+        """The network's reconstruction (``x + network(x)`` with ``residual``), clamped at evaluation
+        (see ``output_clamp``)."""
         out = self.network(x)
+        if self.residual:
+            if out.shape != x.shape:
+                raise ValueError(
+                    f"residual: true adds the input to the network's output, so they must have one shape; "
+                    f"the network maps {tuple(x.shape)} to {tuple(out.shape)} (set in_channels = out_channels)"
+                )
+            out = out + x
         if self.output_clamp is not None and not self.training:
             out = out.clamp(-self.output_clamp, self.output_clamp)
         return out

@@ -137,6 +137,7 @@ class Study:
         if variant == INPUT:
             config = copy.deepcopy(self.run)
             set_dotted(config, NETWORK, {"class_path": "torch.nn.Identity"})
+            set_dotted(config, "model.residual", False)  # the input itself, not input + input
             return config
         config = apply_overrides(self.run, self.definitions[variant])
         if self.config.get("init_from"):
