@@ -177,4 +177,4 @@ def test_a_python_made_module_stores_no_objects():
 
     module = ReconstructionModule(network=TinyNet(), optimizer=torch.optim.SGD)
     # lr_scheduler=None and shift_augmentation=0 are plain data
-    assert set(module.hparams) == {"loss", "lr_scheduler", "output_clamp", "shift_augmentation"}
+    assert set(module.hparams) == {"loss", "lr_scheduler", "output_clamp", "residual", "shift_augmentation"}
