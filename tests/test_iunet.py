@@ -695,3 +695,86 @@ def test_random_iunets_invert_exactly_and_memory_efficient_gradients_match(
             assert a is None
             continue
         assert (a - b).norm() <= 1e-10 * b.norm() + 1e-14 * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# LiftediUNet: identity initialisation and the 3x3 linear lift / projection
+# ---------------------------------------------------------------------------------------------
+
+
+def _user_images(size=16, seed=0):
+    """What users feed the network: natural crops, and degenerate / shift-symmetric images."""
+    from equinet.data.synthetic import natural_image
+
+    g = torch.Generator().manual_seed(seed)
+    crops = []
+    for name in ("camera", "brick"):
+        image = torch.from_numpy(natural_image(name)).double()
+        top, left = (int(torch.randint(0, s - size, (1,), generator=g)) for s in image.shape)
+        crops.append(image[top:top + size, left:left + size])
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    crops += [torch.zeros(size, size, dtype=torch.float64), torch.full((size, size), 3.0, dtype=torch.float64),
+              ((yy + xx) % 2).double(), (xx % 4 < 2).double()]
+    return torch.stack(crops)[:, None]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("channels,adaptive", [(1, False), (2, True)])
+def test_lifted_iunet_starts_as_the_identity(kernel, channels, adaptive, dtype, tol):
+    default = torch.get_default_dtype()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)  # initialised in the dtype it runs in (the pseudo-inverse's rounding)
+        try:
+            net = LiftediUNet(channels, channels, channels=4, depth=2, architecture=2, block_depth=2,
+                              linear_kernel_size=kernel, adaptive_resampling=adaptive, padding_mode="circular",
+                              verbose=0)
+        finally:
+            torch.set_default_dtype(default)
+        x = _user_images(seed=seed).repeat(1, channels, 1, 1).to(dtype)
+        x = x + 0.1 * torch.randn_like(x) * (torch.arange(len(x)) < 2)[:, None, None, None]
+        scale = 1 + x.abs().max()
+        assert (net(x) - x).abs().max() <= tol * scale
+        # the linear ends alone cancel: the projection is the lift's (left) inverse
+        assert net.lift(x).shape[1] == 4 and (net.project(net.lift(x)) - x).abs().max() <= tol * scale
+
+
+def test_identity_init_can_be_switched_off_and_needs_equal_channels():
+    torch.manual_seed(0)
+    x = _user_images()
+    off = LiftediUNet(1, 1, channels=4, depth=1, architecture=1, identity_init=False, verbose=0).double()
+    assert (off(x) - x).abs().max() > 1e-2  # a random 1x1 projection of a random 1x1 lift
+    couplings_on = LiftediUNet(1, 1, channels=4, depth=1, architecture=1, zero_init=False, verbose=0).double()
+    randomize(couplings_on)
+    assert (couplings_on(x) - x).abs().max() > 1e-3  # F != 0: only the linear ends cancel
+    two = LiftediUNet(1, 2, channels=4, depth=1, architecture=1, verbose=0)
+    assert two(x.float()).shape == (len(x), 2, 16, 16)  # no identity to start from; random init
+    with pytest.raises(ValueError, match="linear_kernel_size must be odd"):
+        LiftediUNet(1, 1, channels=4, depth=1, linear_kernel_size=2, verbose=0)
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        LiftediUNet(1, 1, channels=4, depth=1, padding_mode="wrap", verbose=0)
+
+
+def test_3x3_lifted_adaptive_iunet_is_exactly_equivariant_and_gradients_match():
+    torch.manual_seed(2)
+    net = LiftediUNet(1, 1, channels=4, depth=3, architecture=1, block_depth=2, linear_kernel_size=3,
+                      adaptive_resampling=True, padding_mode="circular", zero_init=False,
+                      resampling_init="random", verbose=0).double().eval()
+    with torch.no_grad():
+        for conv in (net.lift, net.project):
+            conv.weight.normal_()  # every tap non-zero, as after training
+    x = _user_images(size=24, seed=3)[:2]
+    g = torch.Generator().manual_seed(4)
+    assert _equivariance_nmse(net, x, random_shifts(12, generator=g)).max() <= 1e-20
+    # the 3x3 linear ends sit outside the memory-efficient program: its gradients stay exact
+    w = torch.randn_like(x)
+    grads = []
+    for custom in (True, False):
+        net.iunet.disable_custom_gradient = not custom
+        net.zero_grad(set_to_none=True)
+        (net(x) * w).sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        assert (a - b).norm() <= 1e-10 * (b.norm() + 1e-30)

@@ -67,6 +67,7 @@ from equinet.models.invertible import (
 )
 from equinet.models.memory_efficient import InvertibleProgram, MemoryEfficientBackprop, Step
 from equinet.sampling.adaptive import decide_once, stateful_modules
+from equinet.sampling.base import PADDING_MODES
 from equinet.sampling.orthogonal import InitSpec, invertible_downsampling, invertible_upsampling
 
 __all__ = [
@@ -543,7 +544,7 @@ class iUNet(nn.Module):  # noqa: N801 - the name its users know
 
 
 class LiftediUNet(nn.Module):  # noqa: N801
-    """iUNet between a linear 1x1 lift and a 1x1 projection (paper, Fig. 5 and Sec. 3.1).
+    """iUNet between a linear lift and a linear projection (paper, Fig. 5 and Sec. 3.1).
 
     A drop-in network for the reconstruction LightningModule, with the U-Net's signature:
     ``(in_channels, out_channels, channels, depth, ...)``. The lift maps ``in_channels`` to
@@ -551,8 +552,16 @@ class LiftediUNet(nn.Module):  # noqa: N801
     channels ``channels * 2**i``) and ``architecture`` blocks per level and side; the projection
     maps back to ``out_channels``. Linear layers store no activation the iUNet does not already
     keep, so training memory stays independent of the number of blocks. ``padding_mode`` is the
-    convolution padding inside the blocks ('circular' for exact shift equivariance with
-    ``adaptive_resampling=True``). Inputs must be divisible by ``size_multiple``.
+    convolution padding inside the blocks and of the lift and projection ('circular' for exact
+    shift equivariance with ``adaptive_resampling=True``). Inputs must be divisible by
+    ``size_multiple``.
+
+    ``linear_kernel_size``: the lift's and the projection's kernel (1: the paper's 1x1 layers;
+    3: each also sees its 3x3 neighbourhood, still linear). ``identity_init`` (with
+    ``in_channels == out_channels``): the projection starts as the pseudo-inverse of the lift
+    (centre tap; the other taps of both start at zero), so with zero-initialised couplings
+    (``zero_init``) the whole network starts as the identity, as the paper's iUNet does for
+    post-processing (Sec. 4.1): training learns a correction of the input.
     """
 
     def __init__(
@@ -574,10 +583,17 @@ class LiftediUNet(nn.Module):  # noqa: N801
         disable_custom_gradient: bool = False,
         verbose: int = 1,
         iunet_kwargs: Optional[dict] = None,
+        identity_init: bool = True,
+        linear_kernel_size: int = 1,
     ) -> None:
         super().__init__()
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
+        k = int(linear_kernel_size)
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"linear_kernel_size must be odd and >= 1 (the output keeps the input's size), got {k}")
+        if padding_mode not in PADDING_MODES + ("replicate",):
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES + ('replicate',)}, got {padding_mode!r}")
         levels = depth + 1
         if isinstance(architecture, (int, np.integer)):
             architecture = (int(architecture),) * levels
@@ -585,7 +601,8 @@ class LiftediUNet(nn.Module):  # noqa: N801
             channels = tuple(int(channels) * 2**i for i in range(levels))
         self.in_channels, self.out_channels, self.dim = in_channels, out_channels, dim
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dim - 1]
-        self.lift = conv(in_channels, int(channels[0]), kernel_size=1)
+        linear = dict(kernel_size=k, padding=k // 2, padding_mode=padding_mode)
+        self.lift = conv(in_channels, int(channels[0]), **linear)
         self.iunet = iUNet(
             channels,
             architecture,
@@ -600,7 +617,22 @@ class LiftediUNet(nn.Module):  # noqa: N801
             verbose=verbose,
             **dict(iunet_kwargs or {}),
         )
-        self.project = conv(self.iunet.channels[0], out_channels, kernel_size=1)
+        self.project = conv(self.iunet.channels[0], out_channels, **linear)
+        if identity_init and in_channels == out_channels:
+            self._init_as_inverse_of_lift()
+
+    @torch.no_grad()
+    def _init_as_inverse_of_lift(self) -> None:
+        """project(lift(x)) = x: the lift keeps its random centre tap ``W`` (other taps zero), the
+        projection gets ``W^+`` there and the bias ``-W^+ b`` (``W^+ W = I``: ``W`` has full column rank)."""
+        centre = (slice(None), slice(None)) + (self.lift.kernel_size[0] // 2,) * self.dim
+        weight = self.lift.weight[centre].clone()  # (channels, in_channels)
+        pinv = torch.linalg.pinv(weight.double())
+        self.lift.weight.zero_()
+        self.lift.weight[centre] = weight
+        self.project.weight.zero_()
+        self.project.weight[centre] = pinv.to(weight.dtype)
+        self.project.bias.copy_(-(pinv @ self.lift.bias.double()).to(weight.dtype))
 
     @property
     def downsampling_factors(self) -> Tuple[int, ...]:
