@@ -35,7 +35,7 @@ KNEE_SOURCES = ("knee",)
 KNEE_SOURCE_KINDS = ("knee", "ellipses", "shepp_logan")
 # Part of the cached synthetic knee dataset's folder name: bump it when the content changes, so
 # a cache written by older code is not read as the new data.
-KNEE_DATA_VERSION = "phantom2"
+KNEE_DATA_VERSION = "phantom3"
 KNEE_SPLITS = ("train", "val", "test")
 LODOPAB_PARTS = ("train", "validation", "test")
 LODOPAB_MANIFEST = "equinet_lodopab.json"
@@ -259,8 +259,9 @@ def knee_tissues(rng: np.random.Generator, size: int, num_slices: int) -> Dict[s
     jy = u(-0.02, 0.08)  # joint line (femur above, tibia below)
     depth = np.sqrt(np.clip(1.0 - (z / 1.45) ** 2, 0.05, 1.0))  # structures shrink towards the ends
 
-    # body outline, skin and subcutaneous fat
-    wb = u(0.72, 0.84) * (1.0 + 0.06 * np.exp(-(((Y - jy) / 0.35) ** 2))) * (0.92 + 0.08 * depth)
+    # body outline, skin and subcutaneous fat; the leg spans about 2/3 of the field of view's
+    # width (phase encoding), with air on both sides
+    wb = u(0.62, 0.72) * (1.0 + 0.06 * np.exp(-(((Y - jy) / 0.35) ** 2))) * (0.92 + 0.08 * depth)
     d_body = np.abs(X - u(-0.03, 0.03)) - wb
     body = _inside(d_body, px)
     fat_thick = u(0.07, 0.14) + 0.03 * np.tanh(-X / 0.3)  # thicker medially
