@@ -35,7 +35,7 @@ $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml | $(PY
 install: $(STAMP)
 
 # The demo study: every sampling strategy trained under one budget on synthetic knee data, the
-# APS-U paper's tables and figures in outputs/study/latest (about 7 min on 2 idle CPU cores, 9 min
+# APS-U paper's tables and figures in outputs/study/latest (about 6.5 min on 2 idle CPU cores, 8 min
 # with the first install). Running it again reads the finished study back; DEMO_ARGS=--new starts
 # afresh.
 demo: $(STAMP)

@@ -135,8 +135,8 @@ STUDIES: Dict[str, Dict[str, Any]] = {
     "demo": {
         "comment": "The demo (`make demo`): synthetic knee phantoms (PD / PDFS) in the real fastMRI format,\n"
                    "4x equispaced undersampling, small U-Nets (12 channels, depth 3), 768 Adam steps;\n"
-                   "workers x threads = cores (2 workers of 1 thread on 2 cores), 13 CPU-minutes (7 min wall). Every\n"
-                   "variant learns (+0.13-0.21 SSIM, +3.1 (iUNet) to +5.2 dB over the zero-filled input),\n"
+                   "workers x threads = cores (2 workers of 1 thread on 2 cores), 11.6 CPU-minutes (6.2 min wall). Every\n"
+                   "variant learns (+0.25-0.28 SSIM, +5.3 (iUNet) to +6.0 dB over the zero-filled input),\n"
                    "APS/LPS/orthogonal-adaptive are exactly shift-equivariant, the trained baseline is not,\n"
                    "LPF and DA lie between (the APS-U paper's picture).",
         "dataset": "synthetic",
